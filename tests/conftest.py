@@ -29,7 +29,10 @@ SANITIZER_RE = re.compile(r"(ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtim
 class Agent:
     """A running devbox-agent process plus a tiny HTTP client for it."""
 
-    def __init__(self, workspace, token="test-token", extra_args=(), env=None, addr="127.0.0.1:0"):
+    def __init__(self, workspace, token="test-token", extra_args=(), env=None, addr="127.0.0.1:0",
+                 raw_args=None):
+        """raw_args: the complete argument list (then workspace/token/addr only inform the
+        client side: pass token= for the Authorization header)."""
         self.workspace = workspace
         self.token = token
         full_env = dict(os.environ)
@@ -37,10 +40,13 @@ class Agent:
         full_env.pop("DEVBOX_JWT_SECRET", None)
         if env:
             full_env.update(env)
-        args = [AGENT_BIN, "--addr=" + addr, "--workspace-path=" + workspace]
-        if token is not None:
-            args.append("--token=" + token)
-        args += list(extra_args)
+        if raw_args is not None:
+            args = [AGENT_BIN] + list(raw_args)
+        else:
+            args = [AGENT_BIN, "--addr=" + addr, "--workspace-path=" + workspace]
+            if token is not None:
+                args.append("--token=" + token)
+            args += list(extra_args)
         self.out_lines = []
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, env=full_env, cwd="/")
