@@ -801,11 +801,13 @@ static int req_finish(struct req *r, struct lws *wsi)
 	bool paused;
 	pthread_mutex_lock(&r->mu);
 	paused = r->in_paused;
+	/* A stream that ended by itself has no producer left to stop; HEAD cuts one short. */
+	bool producer_live = r->streaming && !r->out_end;
 	pthread_mutex_unlock(&r->mu);
 	access_log(r);
 	if (pss && pss->req == r)
 		pss->req = NULL;
-	req_detach(r, true);
+	req_detach(r, producer_live);
 	req_unref(r);
 	if (close_conn)
 		return -1;
@@ -1104,6 +1106,10 @@ static void on_body_done(struct req *r)
 		r->in_done = true;
 		pthread_cond_broadcast(&r->cv);
 		pthread_mutex_unlock(&r->mu);
+		/* lws re-armed its content timeout per body chunk; the handler may still need
+		 * time to finish (fsync, rename) before it replies. */
+		if (r->wsi)
+			lws_set_timeout(r->wsi, NO_PENDING_TIMEOUT, 0);
 		return;
 	}
 	if (r->body_over || r->replied)
@@ -1156,7 +1162,9 @@ static unsigned char *build_headers(struct req *r, struct lws *wsi, unsigned cha
 static int write_headers(struct req *r, struct lws *wsi)
 {
 	static const size_t cap = 8192;
-	unsigned char *buf = malloc(LWS_PRE + cap + AGENT_CHUNK);
+	/* T12: a small fixed body goes out with the headers in one write. */
+	bool inline_body = !r->streaming && !r->head && r->fixed_len <= AGENT_CHUNK;
+	unsigned char *buf = malloc(LWS_PRE + cap + (inline_body ? r->fixed_len : 0));
 	if (!buf)
 		return -1;
 	unsigned char *start = buf + LWS_PRE, *p;
@@ -1165,8 +1173,7 @@ static int write_headers(struct req *r, struct lws *wsi)
 		free(buf);
 		return -1;
 	}
-	/* T12: a small fixed body goes out with the headers in one write. */
-	if (!r->streaming && !r->head && r->fixed_len <= AGENT_CHUNK) {
+	if (inline_body) {
 		if (r->fixed_len)
 			memcpy(p, r->fixed, r->fixed_len);
 		p += r->fixed_len;
