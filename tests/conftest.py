@@ -125,6 +125,10 @@ class Agent:
         return json.loads(data)
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: a long-running test (load, soak)")
+
+
 def _assert_clean(agent):
     out = agent.output
     m = SANITIZER_RE.search(out)

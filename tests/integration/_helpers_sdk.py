@@ -52,3 +52,17 @@ def rss_kib(pid):
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise RuntimeError("no VmRSS for pid %d" % pid)
+
+
+def sanitizer_of(binary):
+    """'address' / 'thread' / 'memory' if the executable is built with that sanitizer, else None.
+
+    Sanitizer runtimes inflate RSS (shadow memory, quarantine), so memory bounds only hold for
+    a plain build."""
+    with open(binary, "rb") as f:
+        data = f.read()
+    for name, sym in (("address", b"__asan_init"), ("thread", b"__tsan_init"),
+                      ("memory", b"__msan_init")):
+        if sym in data:
+            return name
+    return None

@@ -18,6 +18,7 @@ from _helpers_sdk import SDK_DIR, SDK_SCRIPT, parse_tap, sdk_skip_reason
 
 # The SDK sends base64decode(agentServer.token) as the bearer; the fake CP encodes this one.
 TOKEN = "sdk-test-token-7Zq+/="
+MAX_FILE_SIZE = 16 << 20  # above the largest ordinary write in sdk_test.mjs (5 MiB)
 
 
 @pytest.fixture
@@ -35,7 +36,10 @@ def test_official_sdk_against_agent(agent_factory, workspace, control_plane):
     reason = sdk_skip_reason()
     if reason:
         pytest.skip(reason)
-    agent = agent_factory(token=TOKEN)
+    # Like a real devbox: the token arrives in DEVBOX_JWT_SECRET (no --token flag), which also
+    # makes sdk_test.mjs's "token not passed to children" check meaningful.
+    agent = agent_factory(token=None, env={"DEVBOX_JWT_SECRET": TOKEN},
+                          extra_args=["--max-file-size=%d" % MAX_FILE_SIZE])
     agent_url = "http://127.0.0.1:%d" % agent.port
     assert agent.host in ("127.0.0.1", "localhost"), agent.host
     control_plane.add("sdk-box", agent_url, TOKEN)
@@ -51,6 +55,7 @@ def test_official_sdk_against_agent(agent_factory, workspace, control_plane):
         "DBX_BAD_DEVBOX": "sdk-bad-token",
         "DBX_KUBECONFIG_FILE": control_plane.kubeconfig_file,
         "DBX_WORKSPACE": workspace,
+        "DBX_MAX_FILE_SIZE": str(MAX_FILE_SIZE),
         "NO_PROXY": "127.0.0.1",
     })
     try:

@@ -9,11 +9,12 @@
 //   DBX_BAD_DEVBOX      (optional) a devbox registered with a wrong token
 //   DBX_KUBECONFIG_FILE kubeconfig YAML the SDK sends (the fake CP checks it byte for byte)
 //   DBX_WORKSPACE       the agent's workspace directory (absolute, real path)
+//   DBX_MAX_FILE_SIZE   (optional) the agent's --max-file-size; enables the size-limit checks
 // All traffic goes to 127.0.0.1 only.
 
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { readFileSync, readdirSync } from 'node:fs';
 import net from 'node:net';
 import zlib from 'node:zlib';
 import { DevboxSDK } from '@labring/devbox-sdk';
@@ -58,14 +59,25 @@ async function check(name, fn) {
     ]);
     console.log(`ok ${n} - ${name}`);
   } catch (e) {
+    if (e instanceof Skip) {
+      console.log(`ok ${n} - ${name} # SKIP ${e.message}`);
+      return;
+    }
     failed += 1;
-    const why = String((e && (e.stack || e.message)) || e).split('\n').slice(0, 8).join(' | ');
+    const msg = String((e && e.message) || e).replace(/\s*\n\s*/g, ' ');
+    const at = [...((e && e.stack) || '').matchAll(/sdk_test\.mjs:(\d+)/g)].slice(0, 2).map((m) => m[1]);
     const code = e && e.code ? ` [code ${e.code}]` : '';
-    console.log(`not ok ${n} - ${name}: ${why}${code}`);
+    console.log(`not ok ${n} - ${name}: ${msg}${code}${at.length ? ` (sdk_test.mjs:${at.join(',')})` : ''}`);
   } finally {
     clearTimeout(timer);
   }
 }
+
+// A check that cannot run here reports `ok N - name # SKIP reason` (TAP).
+class Skip extends Error {}
+const skip = (why) => {
+  throw new Skip(why);
+};
 
 // Wait (with a deadline) until fn() returns a truthy value; returns it.
 async function waitFor(fn, what, timeoutMs = 15000, intervalMs = 50) {
@@ -216,6 +228,9 @@ const text = 'héllo wörld ✓ 你好 🚀\nline two\n';
 await check('writeFile(text) + readFile round trip (JSON mode, UTF-8)', async () => {
   await box.writeFile('rw/text.txt', text);
   bufEq(await box.readFile('rw/text.txt'), Buffer.from(text, 'utf8'), 'text.txt');
+  // ReadOptions travel as extra query parameters and must not change the answer
+  const opt = await box.readFile('rw/text.txt', { encoding: 'utf8', offset: 3, length: 2 });
+  bufEq(opt, Buffer.from(text, 'utf8'), 'text.txt with ReadOptions');
 });
 
 const bin = Buffer.alloc(4096 + 17);
@@ -231,7 +246,7 @@ await check('writeFile(Buffer of NUL bytes and CRLF) + readFile', async () => {
   bufEq(await box.readFile('rw/nul.bin'), b, 'nul.bin');
 });
 
-const bigText = 'ünïcödé línë – '.repeat(1) + 'x'.repeat(20) + '\n';
+const bigText = `ünïcödé línë – ${'x'.repeat(20)}\n`;
 const bigString = bigText.repeat(Math.ceil((1.5 * 1024 * 1024) / Buffer.byteLength(bigText)));
 await check('writeFile(string > 1 MiB) (SDK switches to raw octet-stream) + readFile', async () => {
   assert.ok(Buffer.byteLength(bigString) > 1024 * 1024);
@@ -255,6 +270,27 @@ await check('writeFile(Buffer, {encoding:"base64"}) stores the decoded bytes', a
   const b = randomBytes(3000);
   await box.writeFile('rw/b64-buf.bin', b, { encoding: 'base64' });
   bufEq(await box.readFile('rw/b64-buf.bin'), b, 'b64-buf.bin');
+});
+
+await check('writeFile(Buffer 3 MiB, {encoding:"base64"}): a 4 MiB JSON body is accepted', async () => {
+  const b = randomBytes(3 * 1024 * 1024);
+  await box.writeFile('rw/b64-big.bin', b, { encoding: 'base64' });
+  bufEq(await box.readFile('rw/b64-big.bin'), b, 'b64-big.bin');
+});
+
+const MAX = Number(process.env.DBX_MAX_FILE_SIZE || 0);
+await check('writeFile over MAX_FILE_SIZE throws and leaves no file; exactly MAX is fine', async () => {
+  if (!MAX) return skip('DBX_MAX_FILE_SIZE not set');
+  const e = await rejects(box.writeFile('rw/too-big.bin', Buffer.alloc(MAX + 1, 0x61)), 'oversized write');
+  // status 1422 -> SDK INVALID_REQUEST -> thrown as ValidationError (code VALIDATION_ERROR)
+  assert.equal(e.code, 'VALIDATION_ERROR', e.message);
+  assert.match(e.message, /too large/i);
+  const r = await box.listFiles('rw');
+  assert.ok(!r.files.some((f) => f.name.includes('too-big')), `left behind: ${r.files.map((f) => f.name)}`);
+  await box.writeFile('rw/max.bin', Buffer.alloc(MAX, 0x62));
+  const ls = await box.listFiles('rw');
+  assert.equal(ls.files.find((f) => f.name === 'max.bin').size, MAX);
+  await box.deleteFile('rw/max.bin');
 });
 
 await check('writeFile overwrites (truncates) an existing longer file', async () => {
@@ -320,6 +356,16 @@ await check('listFiles: names, isDir, size; dotfiles hidden', async () => {
   assert.ok(age < 10 * 60 * 1000, `modified time is now-ish (off by ${age} ms)`);
 });
 
+await check('listFiles returns at most 100 entries (official default limit)', async () => {
+  const many = {};
+  for (let i = 0; i < 120; i++) many[`many/f${String(i).padStart(3, '0')}.txt`] = `${i}`;
+  const up = await box.uploadFiles(many);
+  assert.equal(up.successCount, 120);
+  const r = await box.listFiles('many');
+  assert.equal(r.files.length, 100);
+  assert.equal(new Set(r.files.map((f) => f.name)).size, 100);
+});
+
 await check('listFiles of a missing directory throws FILE_NOT_FOUND', async () => {
   const e = await rejects(box.listFiles('no-such-dir'), 'listFiles(missing)');
   assert.equal(e.code, 'FILE_NOT_FOUND');
@@ -368,6 +414,29 @@ await check('uploadFiles with targetDir', async () => {
   assert.equal(r.successCount, 2, JSON.stringify(r));
   bufEq(await box.readFile('up2/x.txt'), Buffer.from('X'), 'up2/x.txt');
   bufEq(await box.readFile('up2/y/z.txt'), Buffer.from('Z'), 'up2/y/z.txt');
+});
+
+await check('uploadFiles: names with a double quote, non-ASCII and spaces are stored verbatim', async () => {
+  // undici's FormData escapes `"` as %22 in the filename; everything else goes as raw UTF-8.
+  const files = { 'up3/quo"te.txt': 'q', 'up3/ünï cödé.txt': 'u', 'up3/sp ace/x.txt': 's' };
+  const r = await box.uploadFiles(files);
+  assert.equal(r.successCount, 3, JSON.stringify(r));
+  for (const [p, c] of Object.entries(files)) bufEq(await box.readFile(p), Buffer.from(c), p);
+  const ls = await box.listFiles('up3');
+  assert.deepEqual(ls.files.map((f) => f.name).sort(), ['quo"te.txt', 'sp ace', 'ünï cödé.txt']);
+});
+
+await check('uploadFiles: one file over MAX_FILE_SIZE fails alone, the others are stored', async () => {
+  if (!MAX) return skip('DBX_MAX_FILE_SIZE not set');
+  const r = await box.uploadFiles({ 'upbig/ok.txt': 'fine', 'upbig/too-big.bin': Buffer.alloc(MAX + 1) });
+  assert.equal(r.totalFiles, 2, JSON.stringify(r));
+  assert.equal(r.successCount, 1, JSON.stringify(r));
+  const bad = r.results.find((x) => !x.success);
+  assert.ok(bad && bad.error, `failed result with an error text: ${JSON.stringify(r.results)}`);
+  assert.ok(bad.path.endsWith('too-big.bin'), bad.path);
+  bufEq(await box.readFile('upbig/ok.txt'), Buffer.from('fine'), 'upbig/ok.txt');
+  const ls = await box.listFiles('upbig');
+  assert.deepEqual(ls.files.map((f) => f.name), ['ok.txt']);
 });
 
 // --- move / rename ----------------------------------------------------------------------
@@ -630,6 +699,53 @@ await check('killProcess with SIGTERM', async () => {
   }, 'SIGTERMed process to stop running');
   assert.notEqual(st.processStatus, 'running');
   assert.equal(st.processStatus, 'killed');
+});
+
+// Processes whose argv contains `marker` (read from /proc; the agent runs on this machine).
+function pidsWith(marker) {
+  const out = [];
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const cmd = readFileSync(`/proc/${d}/cmdline`, 'latin1').split('\0').join(' ');
+      if (cmd.includes(marker) && !cmd.includes('sh -c')) out.push(Number(d));
+    } catch {
+      // process went away
+    }
+  }
+  return out;
+}
+
+await check('killProcess kills the whole process group (children of sh too)', async () => {
+  const r = await box.executeCommand({ command: 'sleep 41.25 & sleep 42.25 & wait' });
+  await waitFor(async () => pidsWith('sleep 41.25').length && pidsWith('sleep 42.25').length,
+    'both sleeps to start');
+  await box.killProcess(r.processId);
+  await waitFor(async () => !pidsWith('sleep 41.25').length && !pidsWith('sleep 42.25').length,
+    'every process of the group to die', 5000);
+  const st = await waitFor(async () => {
+    const s = await box.getProcessStatus(r.processId);
+    return s.processStatus !== 'running' ? s : null;
+  }, 'status to leave running');
+  assert.equal(st.processStatus, 'killed');
+});
+
+await check('executeCommand timeout: the process is killed when it expires', async () => {
+  const r = await box.executeCommand({ command: 'sleep 43.25', timeout: 1 });
+  const st = await waitFor(async () => {
+    const s = await box.getProcessStatus(r.processId);
+    return s.processStatus !== 'running' ? s : null;
+  }, 'timed-out process to stop', 10000);
+  assert.equal(st.processStatus, 'killed');
+  await waitFor(async () => !pidsWith('sleep 43.25').length, 'sleep to be gone', 5000);
+});
+
+await check('execSync timeout throws and the child does not outlive it', async () => {
+  const t0 = Date.now();
+  const e = await rejects(box.execSync({ command: 'sleep 44.25', timeout: 1 }), 'execSync past its timeout');
+  assert.ok(Date.now() - t0 < 10000, `took ${Date.now() - t0} ms`);
+  assert.match(e.message, /time/i);
+  await waitFor(async () => !pidsWith('sleep 44.25').length, 'timed-out child to be killed', 5000);
 });
 
 // A listener bound to 0.0.0.0 (only ever connected to via 127.0.0.1), started as a background
