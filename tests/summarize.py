@@ -36,7 +36,8 @@ def main(args):
         with open(log) as f:
             entries = [json.loads(line) for line in f if line.strip()]
         for e in entries:
-            if suite and not any(s.split(":")[-1] == suite for s in e.get("suite", [])):
+            suites = e.get("suite") or [e.get("name", "").split(" / ")[0]]
+            if suite and not any(s.split(":")[-1] == suite for s in suites):
                 continue
             res = e.get("result")
             name = "%s/%s" % (os.path.basename(build), e.get("name"))
