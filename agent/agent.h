@@ -47,6 +47,7 @@ enum {
 #define AGENT_LOG_ENTRIES 10000		     /* per process, like the official agent */
 #define AGENT_LOG_BYTES (8u << 20)	     /* per process log ring */
 #define AGENT_LOG_LINE_MAX (64u << 10)	     /* longer lines are split */
+#define AGENT_LOG_TOTAL (256u << 20)	     /* all process logs together: oldest dropped */
 #define AGENT_SYNC_OUTPUT_MAX (16u << 20)    /* exec-sync stdout + stderr */
 #define AGENT_WS_MSG_MAX (64u << 10)	     /* one inbound WebSocket message */
 #define AGENT_WS_OUT_MAX (8u << 20)	     /* queued outbound WebSocket bytes per connection */

@@ -53,6 +53,7 @@ struct proc_table {
 	struct proc_list sessions; /* PK_SESSION, oldest first */
 	struct proc_list anon;     /* PK_SYNC, PK_STREAM and orphans */
 	lws_sorted_usec_list_t sweep;
+	size_t log_bytes;	   /* all records' and sessions' log entries together */
 };
 
 static atomic_int running_children;
@@ -800,6 +801,7 @@ static void log_free(struct proc *p)
 		e = n;
 	}
 	p->log_head = p->log_tail = NULL;
+	p->t->log_bytes -= p->log_bytes;
 	p->log_n = p->log_bytes = 0;
 }
 
@@ -1071,6 +1073,30 @@ int proc_raw_callback(struct lws *wsi, enum lws_callback_reasons reason, void *u
 
 /* ---- logs and listeners ----------------------------------------------------------------- */
 
+static void log_drop_oldest(struct proc *p)
+{
+	struct log_entry *old = p->log_head;
+	p->log_head = old->next;
+	if (!p->log_head)
+		p->log_tail = NULL;
+	p->log_n--;
+	p->log_bytes -= old->len;
+	p->t->log_bytes -= old->len;
+	free(old);
+}
+
+/* The oldest record or session with log entries other than @keep (whose newest entry must
+ * survive); @keep itself when it is the only one holding more than that entry. */
+static struct proc *log_victim(struct proc_table *t, struct proc *keep)
+{
+	struct proc_list *lists[] = {&t->records, &t->sessions};
+	for (size_t i = 0; i < 2; i++)
+		for (struct proc *q = lists[i]->head; q; q = q->lnext)
+			if (q != keep && q->log_n > 0)
+				return q;
+	return keep->log_n > 1 ? keep : NULL;
+}
+
 void proc_log_append(struct proc *p, const char *prefix, const char *data, size_t len)
 {
 	size_t pl = strlen(prefix);
@@ -1089,12 +1115,15 @@ void proc_log_append(struct proc *p, const char *prefix, const char *data, size_
 	p->log_tail = e;
 	p->log_n++;
 	p->log_bytes += e->len;
-	while (p->log_n > AGENT_LOG_ENTRIES || (p->log_bytes > AGENT_LOG_BYTES && p->log_n > 1)) {
-		struct log_entry *old = p->log_head;
-		p->log_head = old->next;
-		p->log_n--;
-		p->log_bytes -= old->len;
-		free(old);
+	p->t->log_bytes += e->len;
+	while (p->log_n > AGENT_LOG_ENTRIES || (p->log_bytes > AGENT_LOG_BYTES && p->log_n > 1))
+		log_drop_oldest(p);
+	/* The table-wide budget: take from the oldest record (or session) that has logs. */
+	while (p->t->log_bytes > AGENT_LOG_TOTAL) {
+		struct proc *victim = log_victim(p->t, p);
+		if (!victim)
+			break;
+		log_drop_oldest(victim);
 	}
 	struct proc_listener *l = p->listeners;
 	while (l) {
