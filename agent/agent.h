@@ -142,6 +142,10 @@ bool req_has_query(struct req *r, const char *name);
 const char *req_content_type(struct req *r);  /* "" if absent */
 const char *req_accept(struct req *r);	      /* "" if absent */
 int64_t req_content_length(struct req *r);    /* -1 if absent */
+const char *req_range(struct req *r);	      /* Range header or NULL */
+const char *req_if_match(struct req *r);      /* If-Match header or NULL */
+/* Any thread, before the reply: adds "name: value" to the reply's headers. */
+void req_add_header(struct req *r, const char *name, const char *value);
 bool req_is_head(struct req *r);
 cJSON *req_json(struct req *r);		      /* R_JSON routes: the parsed body (borrowed) */
 const char *req_body(struct req *r, size_t *ret_len); /* BODY_BUFFER routes */
@@ -221,6 +225,10 @@ struct ws_handler {
 int ws_send(struct wsconn *c, bool binary, const void *data, size_t len);
 int ws_send_json(struct wsconn *c, cJSON *obj); /* consumes obj */
 size_t ws_queued(struct wsconn *c);
+const char *ws_query(struct wsconn *c, const char *name); /* query argument of the upgrade */
+void ws_rx_pause(struct wsconn *c, bool pause);		 /* rx flow control */
+/* Sends what is queued, then a close frame with @status/@reason. */
+void ws_close(struct wsconn *c, int status, const char *reason);
 void ws_set_data(struct wsconn *c, void *data);
 void *ws_data(struct wsconn *c);
 struct agent *ws_agent(struct wsconn *c);

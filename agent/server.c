@@ -58,6 +58,32 @@ static void chunk_list_free(struct chunk *c)
 	}
 }
 
+/* Decoded query arguments, first occurrence wins (lws-notes T13). */
+struct qargs {
+	int n;
+	char **k, **v;
+};
+
+static const char *qargs_get(const struct qargs *q, const char *name)
+{
+	for (int i = 0; i < q->n; i++)
+		if (strcmp(q->k[i], name) == 0)
+			return q->v[i];
+	return NULL;
+}
+
+static void qargs_free(struct qargs *q)
+{
+	for (int i = 0; i < q->n; i++) {
+		free(q->k[i]);
+		free(q->v[i]);
+	}
+	free(q->k);
+	free(q->v);
+	q->n = 0;
+	q->k = q->v = NULL;
+}
+
 struct req {
 	atomic_int refs;
 	struct agent *ag;
@@ -68,10 +94,10 @@ struct req {
 	bool head;
 	char *uri;
 	char *param;
-	int nq;
-	char **qk, **qv;
-	char *ctype, *accept;
+	struct qargs q;
+	char *ctype, *accept, *range, *if_match;
 	int64_t clen;
+	struct dbx_strbuf add_hdrs; /* (mu) "name: value\r\n" lines added before the reply */
 	uint64_t t_start;
 	bool close_after;      /* service thread: close the connection after the reply */
 	bool dispatched;       /* service thread */
@@ -132,16 +158,14 @@ void req_unref(struct req *r)
 		return;
 	if (r->accounted)
 		atomic_fetch_sub(&r->ag->buffered_bytes, r->accounted);
-	for (int i = 0; i < r->nq; i++) {
-		free(r->qk[i]);
-		free(r->qv[i]);
-	}
-	free(r->qk);
-	free(r->qv);
+	qargs_free(&r->q);
 	free(r->uri);
 	free(r->param);
 	free(r->ctype);
 	free(r->accept);
+	free(r->range);
+	free(r->if_match);
+	dbx_sb_free(&r->add_hdrs);
 	dbx_sb_free(&r->body);
 	cJSON_Delete(r->json);
 	chunk_list_free(r->in_head);
@@ -171,10 +195,7 @@ const char *req_param(struct req *r)
 
 const char *req_query(struct req *r, const char *name)
 {
-	for (int i = 0; i < r->nq; i++)
-		if (strcmp(r->qk[i], name) == 0)
-			return r->qv[i];
-	return NULL;
+	return qargs_get(&r->q, name);
 }
 
 bool req_has_query(struct req *r, const char *name)
@@ -190,6 +211,34 @@ const char *req_content_type(struct req *r)
 const char *req_accept(struct req *r)
 {
 	return r->accept ? r->accept : "";
+}
+
+const char *req_range(struct req *r)
+{
+	return r->range;
+}
+
+const char *req_if_match(struct req *r)
+{
+	return r->if_match;
+}
+
+void req_add_header(struct req *r, const char *name, const char *value)
+{
+	pthread_mutex_lock(&r->mu);
+	if (!r->replied)
+		dbx_sb_printf(&r->add_hdrs, "%s: %s\r\n", name, value);
+	pthread_mutex_unlock(&r->mu);
+}
+
+/* (mu held) The extra header lines of the reply: @extra plus those added before. */
+static char *merge_headers(struct req *r, const char *extra)
+{
+	if (!r->add_hdrs.len)
+		return extra ? strdup(extra) : NULL;
+	if (extra)
+		dbx_sb_puts(&r->add_hdrs, extra);
+	return dbx_sb_steal(&r->add_hdrs, NULL);
 }
 
 int64_t req_content_length(struct req *r)
@@ -268,7 +317,7 @@ static void reply_set(struct req *r, int http_status, const char *ctype, char *b
 	r->replied = true;
 	r->http_status = http_status;
 	r->out_ctype = ctype ? strdup(ctype) : NULL;
-	r->out_hdrs = extra ? strdup(extra) : NULL;
+	r->out_hdrs = merge_headers(r, extra);
 	r->fixed = body;
 	r->fixed_len = len;
 	r->out_clen = (int64_t)len;
@@ -459,7 +508,7 @@ void req_stream_begin(struct req *r, int http_status, const char *ctype, int64_t
 	r->streaming = true;
 	r->http_status = http_status;
 	r->out_ctype = ctype ? strdup(ctype) : NULL;
-	r->out_hdrs = extra_headers ? strdup(extra_headers) : NULL;
+	r->out_hdrs = merge_headers(r, extra_headers);
 	r->out_clen = content_length;
 	r->resp_ready = true;
 	pthread_mutex_unlock(&r->mu);
@@ -733,7 +782,7 @@ static bool auth_ok(struct agent *ag, struct lws *wsi)
 	return ok;
 }
 
-static int parse_query(struct req *r, struct lws *wsi)
+static int qargs_parse(struct qargs *q, struct lws *wsi)
 {
 	for (int i = 0; i < 256; i++) {
 		int n = lws_hdr_fragment_length(wsi, WSI_TOKEN_HTTP_URI_ARGS, i);
@@ -747,24 +796,23 @@ static int parse_query(struct req *r, struct lws *wsi)
 			break;
 		}
 		char *eq = strchr(frag, '=');
-		char **nk = realloc(r->qk, sizeof(char *) * (size_t)(r->nq + 1));
+		char **nk = realloc(q->k, sizeof(char *) * (size_t)(q->n + 1));
 		if (nk)
-			r->qk = nk;
-		char **nv = realloc(r->qv, sizeof(char *) * (size_t)(r->nq + 1));
+			q->k = nk;
+		char **nv = realloc(q->v, sizeof(char *) * (size_t)(q->n + 1));
 		if (nv)
-			r->qv = nv;
-		if (!nk || !nv) {
+			q->v = nv;
+		char *val = strdup(eq ? eq + 1 : "");
+		if (!nk || !nv || !val) {
+			free(val);
 			free(frag);
 			return -ENOMEM;
 		}
-		if (eq) {
+		if (eq)
 			*eq = '\0';
-			r->qv[r->nq] = strdup(eq + 1);
-		} else {
-			r->qv[r->nq] = strdup("");
-		}
-		r->qk[r->nq] = frag;
-		r->nq++;
+		q->v[q->n] = val;
+		q->k[q->n] = frag;
+		q->n++;
 	}
 	return 0;
 }
@@ -915,6 +963,7 @@ static int on_http(struct agent *ag, struct lws *wsi, struct pss *pss, const cha
 	pthread_mutex_init(&r->mu, NULL);
 	pthread_cond_init(&r->cv, NULL);
 	dbx_sb_init(&r->body, AGENT_JSON_BODY_MAX);
+	dbx_sb_init(&r->add_hdrs, 8192);
 	pss->req = r;
 	r->uri = strdup(uri);
 
@@ -979,7 +1028,9 @@ static int on_http(struct agent *ag, struct lws *wsi, struct pss *pss, const cha
 		r->close_after = true;
 	r->ctype = hdr_dup(wsi, WSI_TOKEN_HTTP_CONTENT_TYPE);
 	r->accept = hdr_dup(wsi, WSI_TOKEN_HTTP_ACCEPT);
-	if (parse_query(r, wsi) < 0) {
+	r->range = hdr_dup(wsi, WSI_TOKEN_HTTP_RANGE);
+	r->if_match = hdr_dup(wsi, WSI_TOKEN_HTTP_IF_MATCH);
+	if (qargs_parse(&r->q, wsi) < 0) {
 		r->close_after = true;
 		req_reply_empty(r, 500);
 		return 0;
@@ -1301,7 +1352,29 @@ struct wsconn {
 	bool rx_too_big;
 	struct wsmsg *head, *tail;
 	size_t queued;
+	struct qargs q;
+	bool closing;
 };
+
+const char *ws_query(struct wsconn *c, const char *name)
+{
+	return qargs_get(&c->q, name);
+}
+
+void ws_rx_pause(struct wsconn *c, bool pause)
+{
+	lws_rx_flow_control(c->wsi, pause ? 0 : 1);
+}
+
+void ws_close(struct wsconn *c, int status, const char *reason)
+{
+	if (c->closing)
+		return;
+	c->closing = true;
+	lws_close_reason(c->wsi, (enum lws_close_status)status, (unsigned char *)reason,
+			 strlen(reason));
+	lws_callback_on_writable(c->wsi);
+}
 
 int ws_send(struct wsconn *c, bool binary, const void *data, size_t len)
 {
@@ -1394,6 +1467,12 @@ static int ws_callback(struct agent *ag, struct lws *wsi, enum lws_callback_reas
 		c->wsi = wsi;
 		c->h = h;
 		dbx_sb_init(&c->rx, h->msg_max ? h->msg_max : AGENT_WS_MSG_MAX);
+		if (qargs_parse(&c->q, wsi) < 0) {
+			qargs_free(&c->q);
+			dbx_sb_free(&c->rx);
+			free(c);
+			return -1;
+		}
 		pss->ws = c;
 		if (h->open)
 			h->open(c);
@@ -1422,6 +1501,8 @@ static int ws_callback(struct agent *ag, struct lws *wsi, enum lws_callback_reas
 		return 0;
 	}
 	case LWS_CALLBACK_SERVER_WRITEABLE: {
+		if (c && c->closing && !c->head)
+			return -1; /* queued messages sent; lws sends the close frame */
 		if (!c || !c->head)
 			return 0;
 		struct wsmsg *m = c->head;
@@ -1434,7 +1515,7 @@ static int ws_callback(struct agent *ag, struct lws *wsi, enum lws_callback_reas
 		free(m);
 		if (w < 0)
 			return -1;
-		if (c->head)
+		if (c->head || c->closing)
 			lws_callback_on_writable(wsi);
 		return 0;
 	}
@@ -1448,6 +1529,7 @@ static int ws_callback(struct agent *ag, struct lws *wsi, enum lws_callback_reas
 				free(m);
 			}
 			dbx_sb_free(&c->rx);
+			qargs_free(&c->q);
 			free(c);
 			pss->ws = NULL;
 		}

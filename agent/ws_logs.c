@@ -310,7 +310,7 @@ static void ws_message(struct wsconn *c, const char *data, size_t len, bool bina
 	cJSON_Delete(msg);
 }
 
-static void ws_close(struct wsconn *c)
+static void logs_ws_close(struct wsconn *c)
 {
 	struct wsstate *st = ws_data(c);
 	if (!st)
@@ -328,6 +328,6 @@ const struct ws_handler logs_ws_handler = {
 	.path = "/ws",
 	.open = ws_open,
 	.message = ws_message,
-	.close = ws_close,
+	.close = logs_ws_close,
 	.msg_max = AGENT_WS_MSG_MAX,
 };
