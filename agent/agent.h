@@ -44,6 +44,8 @@ enum {
 #define AGENT_MAX_RUNNING 256		     /* live child processes (exec, sync, sessions) */
 #define AGENT_MAX_RECORDS 1024		     /* process records kept for status/logs */
 #define AGENT_MAX_SESSIONS 64
+#define AGENT_ENV_MAX 1024		     /* variables in one request's env */
+#define AGENT_DOWNLOAD_PATHS_MAX 4096	     /* paths in one batch-download */
 #define AGENT_LOG_ENTRIES 10000		     /* per process, like the official agent */
 #define AGENT_LOG_BYTES (8u << 20)	     /* per process log ring */
 #define AGENT_LOG_LINE_MAX (64u << 10)	     /* longer lines are split */
@@ -52,6 +54,7 @@ enum {
 #define AGENT_WS_MSG_MAX (64u << 10)	     /* one inbound WebSocket message */
 #define AGENT_WS_OUT_MAX (8u << 20)	     /* queued outbound WebSocket bytes per connection */
 #define AGENT_JSON_BUFFERED_MAX (512u << 20) /* all buffered request bodies together */
+#define AGENT_IO_STALL_SECS 120		     /* a transfer with no progress for this long ends */
 
 struct agent_config {
 	char host[256];
@@ -73,7 +76,8 @@ struct agent {
 	const char *alias;	/* "/home/devbox/project" when the workspace lives elsewhere */
 	struct lws_context *ctx;
 	struct lws_vhost *vh;
-	struct work_pool *pool;
+	struct work_pool *pool;	     /* short handlers */
+	struct work_pool *xfer_pool; /* handlers that wait on the client (R_XFER, BODY_STREAM) */
 	time_t start_time;
 	int bound_port;
 	atomic_bool stopping;
@@ -117,6 +121,7 @@ enum route_flags {
 	R_INLINE = 1 << 2,  /* handler runs on the service thread (must not block) */
 	R_STREAM = 1 << 3,  /* BODY_STREAM */
 	R_ANYBODY = 1 << 4, /* BODY_BUFFER of any content type (2 MiB) */
+	R_XFER = 1 << 5,    /* the handler streams its reply (may wait on a slow client) */
 };
 
 struct route {
@@ -157,6 +162,10 @@ void req_set_body(struct req *r, enum body_mode mode, uint64_t limit);
 /* BODY_STREAM, worker only: blocks until bytes arrive. Returns bytes (>0), 0 at the end of the
  * body, -EPIPE if the client went away, -EMSGSIZE over the limit. */
 ssize_t req_body_read(struct req *r, void *buf, size_t len);
+/* The same without a copy: *ret_data points into the request's own buffer (at most @max bytes)
+ * and stays valid until the next call. Don't mix with req_body_read() on one request except
+ * in this order: next(), then read() continues where next() stopped. */
+ssize_t req_body_next(struct req *r, const void **ret_data, size_t max);
 
 /* Replies. Exactly one per request; any thread (the reply is sent by the service thread).
  * The JSON forms add the flat envelope; payload may be NULL and is consumed. */
@@ -238,6 +247,11 @@ struct agent *ws_agent(struct wsconn *c);
 extern const struct route files_routes[];
 extern const struct route proc_routes[];
 extern const struct ws_handler logs_ws_handler;
+extern const struct route fs_routes[];	      /* fsapi.c: /fs/v1 */
+extern const struct route exec_routes[];      /* exec.c: /exec/v1 */
+extern const struct ws_handler exec_ws_handler;
+/* exec.c: kill every exec's process group and free the table (shutdown, service thread) */
+void exec_table_free(struct agent *ag);
 
 /* process table lifecycle (proc.c), service thread */
 int proc_table_new(struct agent *ag);

@@ -336,6 +336,11 @@ void files_batch_download(struct req *r)
 		req_reply_err(r, ST_INVALID, "No paths provided");
 		return;
 	}
+	if (n > AGENT_DOWNLOAD_PATHS_MAX) {
+		req_reply_err(r, ST_INVALID, "Too many paths: %d (limit %d)", n,
+			      AGENT_DOWNLOAD_PATHS_MAX);
+		return;
+	}
 	rels = calloc((size_t)n, PATH_MAX);
 	if (!rels) {
 		req_reply_errno(r, ENOMEM, "batch-download");

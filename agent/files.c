@@ -229,13 +229,23 @@ int af_commit(struct afile *af)
 	int r = 0;
 	if (af->fd < 0)
 		return -EBADF;
-	if (close(af->fd) < 0)
+	if (af->sync && fsync(af->fd) < 0)
+		r = -errno;
+	if (close(af->fd) < 0 && r == 0)
 		r = -errno;
 	af->fd = -1;
 	if (r == 0 && renameat(af->dirfd, af->tmp, af->dirfd, af->name) < 0)
 		r = -errno;
 	if (r == 0)
 		af->tmp[0] = '\0';
+	if (r == 0 && af->sync) {
+		/* The rename itself is durable once the directory is. */
+		int d = openat(af->dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (d >= 0) {
+			fsync(d);
+			close(d);
+		}
+	}
 	af_abort(af);
 	return r;
 }
@@ -923,15 +933,15 @@ static void chmod_fn(struct req *r)
 
 const struct route files_routes[] = {
 	{"GET", "/api/v1/files/list", list_fn, 0, NULL},
-	{"GET", "/api/v1/files/read", read_fn, 0, NULL},
-	{"GET", "/api/v1/files/download", read_fn, 0, NULL},
+	{"GET", "/api/v1/files/read", read_fn, R_XFER, NULL},
+	{"GET", "/api/v1/files/download", read_fn, R_XFER, NULL},
 	{"POST", "/api/v1/files/write", files_write, 0, files_write_prepare},
 	{"POST", "/api/v1/files/delete", delete_fn, R_JSON, NULL},
 	{"POST", "/api/v1/files/move", move_fn, R_JSON, NULL},
 	{"POST", "/api/v1/files/rename", rename_fn, R_JSON, NULL},
 	{"POST", "/api/v1/files/chmod", chmod_fn, R_JSON, NULL},
 	{"POST", "/api/v1/files/batch-upload", files_batch_upload, 0, files_upload_prepare},
-	{"POST", "/api/v1/files/batch-download", files_batch_download, R_JSON, NULL},
+	{"POST", "/api/v1/files/batch-download", files_batch_download, R_JSON | R_XFER, NULL},
 	{"POST", "/api/v1/files/search", files_search, R_JSON, NULL},
 	{"POST", "/api/v1/files/find", files_find, R_JSON, NULL},
 	{"POST", "/api/v1/files/replace", files_replace, R_JSON, NULL},

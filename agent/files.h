@@ -46,6 +46,7 @@ struct afile {
 	bool exists;
 	struct stat old; /* valid when exists */
 	uint64_t size, max;
+	bool sync; /* af_commit() fsyncs the data and then the directory (set after af_open) */
 };
 
 /* Creates parents, resolves the target and opens the temp file. @rel from files_norm(). */

@@ -46,6 +46,20 @@ static ssize_t body_read(void *ctx, void *buf, size_t len)
 	return n;
 }
 
+/* body_read() without a copy: *p points into the engine's buffer until the next call. */
+static ssize_t body_next(struct body_src *b, const char **p)
+{
+	if (b->clen <= 0 || b->got >= (uint64_t)b->clen)
+		return 0;
+	const void *d;
+	ssize_t n = req_body_next(b->r, &d, (size_t)((uint64_t)b->clen - b->got));
+	if (n > 0) {
+		b->got += (uint64_t)n;
+		*p = d;
+	}
+	return n;
+}
+
 /* Reads and drops the rest of the body. */
 static void body_drain(struct body_src *b)
 {
@@ -280,27 +294,20 @@ static int stream_to(struct agent *ag, const char *rel, struct body_src *b, stru
 		     uint64_t *ret_size)
 {
 	struct afile af;
-	char *buf = NULL;
 	int e = af_open(&af, ag, rel);
 	if (e < 0)
 		return e;
-	if (!mp && !(buf = malloc(AGENT_CHUNK))) {
-		af_abort(&af);
-		return -ENOMEM;
-	}
 	for (;;) {
-		const char *p = buf;
-		ssize_t n = mp ? mp_data(mp, &p) : body_read(b, buf, AGENT_CHUNK);
+		const char *p = NULL;
+		ssize_t n = mp ? mp_data(mp, &p) : body_next(b, &p);
 		if (n == 0)
 			break;
 		e = n < 0 ? (int)n : af_write(&af, p, (size_t)n);
 		if (e < 0) {
 			af_abort(&af);
-			free(buf);
 			return e;
 		}
 	}
-	free(buf);
 	*ret_size = af.size;
 	return af_commit(&af);
 }

@@ -168,6 +168,7 @@ static void sync_output(struct proc *p, int which, const char *d, size_t n)
 		return;
 	x->total += n;
 	if (x->total > AGENT_SYNC_OUTPUT_MAX) {
+		p->drop_output = true; /* an escaped writer must not be read forever */
 		proc_kill_group(p);
 		req_reply_err(x->r, ST_INTERNAL,
 			      "Process output exceeded the exec-sync limit of %u MiB (stdout + "

@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -21,6 +22,7 @@
 #include <unistd.h>
 
 #include "agent.h"
+#include "events.h"
 #include "misc.h"
 #include "path.h"
 
@@ -30,6 +32,7 @@
 #define OFFICIAL_WORKSPACE "/home/devbox/project"
 
 static pthread_mutex_t log_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t ctx_mu = PTHREAD_MUTEX_INITIALIZER; /* ag.ctx vs the signal thread */
 
 void agent_log(int level, const char *fmt, ...)
 {
@@ -243,7 +246,10 @@ static void *signal_main(void *arg)
 		if (sig == SIGHUP)
 			continue;
 		atomic_store(&ag->stopping, true);
-		lws_cancel_service(ag->ctx);
+		pthread_mutex_lock(&ctx_mu);
+		if (ag->ctx)
+			lws_cancel_service(ag->ctx);
+		pthread_mutex_unlock(&ctx_mu);
 		return NULL;
 	}
 }
@@ -271,6 +277,8 @@ int main(int argc, char **argv)
 	atomic_init(&ag.buffered_bytes, 0);
 	int rc = 1;
 
+	/* Up to 192 worker threads would each get a malloc arena: two keep RSS small and flat. */
+	mallopt(M_ARENA_MAX, 2);
 	if (load_config(&ag.cfg, argc, argv) < 0)
 		return 2;
 	ag.rootfd = open(ag.cfg.workspace, O_PATH | O_DIRECTORY | O_CLOEXEC);
@@ -313,7 +321,8 @@ int main(int argc, char **argv)
 		fprintf(stderr, "devbox-agent: cannot create the lws context\n");
 		goto out;
 	}
-	if (work_pool_new(&ag.pool, &ag, 4, 64) < 0)
+	if (work_pool_new(&ag.pool, &ag, 4, 64) < 0 ||
+	    work_pool_new(&ag.xfer_pool, &ag, 1, 128) < 0)
 		goto out;
 	if (proc_table_new(&ag) < 0)
 		goto out;
@@ -335,6 +344,10 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	ag.bound_port = lws_get_vhost_listen_port(ag.vh);
+	if (events_start(&ag) < 0) {
+		fprintf(stderr, "devbox-agent: cannot watch the workspace %s\n", ag.cfg.workspace);
+		goto out;
+	}
 	if (v6)
 		printf("listening on [%s]:%d\n", ag.cfg.host, ag.bound_port);
 	else
@@ -363,12 +376,21 @@ int main(int argc, char **argv)
 	rc = atomic_load(&ag.stopping) ? 0 : 1;
 
 out:
+	events_stop(&ag);
+	exec_table_free(&ag);
 	if (ag.procs)
 		proc_table_free(&ag);
 	if (ag.pool)
 		work_pool_detach_loop(ag.pool);
-	if (ag.ctx)
-		lws_context_destroy(ag.ctx);
+	if (ag.xfer_pool)
+		work_pool_detach_loop(ag.xfer_pool);
+	pthread_mutex_lock(&ctx_mu);
+	struct lws_context *ctx = ag.ctx;
+	ag.ctx = NULL; /* the signal thread must not wake a context being destroyed */
+	pthread_mutex_unlock(&ctx_mu);
+	if (ctx)
+		lws_context_destroy(ctx);
+	work_pool_free(ag.xfer_pool);
 	work_pool_free(ag.pool);
 	if (ag.rootfd >= 0)
 		close(ag.rootfd);

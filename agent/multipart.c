@@ -344,6 +344,8 @@ int mp_next(struct mp_reader *m, struct mp_part *part)
 		const char *e = memmem(m->buf + start, avail, "\r\n\r\n", 4);
 		if (e) {
 			size_t hl = (size_t)(e - (m->buf + start));
+			if (hl > MP_HEADER_MAX)
+				return bad(m, "part headers too large");
 			r = parse_headers(m, m->buf + start + 2, hl >= 2 ? hl - 2 : 0);
 			if (r < 0)
 				return r;

@@ -6,8 +6,12 @@
  * cwd is opened beneath the workspace with openat2 and entered with addfchdir, stdin is
  * /dev/null (sessions: a pipe), the child gets its own session and process group, a clean
  * signal mask and default dispositions, and closefrom(3) so no agent fd leaks (lws sockets may
- * lack O_CLOEXEC). A pidfd is opened at once (the child cannot be reaped by anyone else, so the
- * pid cannot be reused in between).
+ * lack O_CLOEXEC). With a PTY (interactive exec) the slave is opened by path, without
+ * O_NOCTTY, as the child's fd 0: posix_spawn runs setsid() before the file actions, so the new
+ * session leader acquires it as its controlling terminal (its group in the foreground); fds 1
+ * and 2 are dups of it. The agent keeps only the master (output, stdin and window size). A
+ * pidfd is opened at once (the child cannot be reaped by anyone else, so the pid cannot be
+ * reused in between).
  *
  * Watching (service thread): the two pipe read ends and the pidfd are adopted into lws as raw
  * files bound to "dbx-raw" with the struct proc as opaque pointer. The pipes are read 64 KiB per
@@ -29,6 +33,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/pidfd.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -388,7 +393,11 @@ int proc_spec_env(struct req *r, cJSON *env_obj, struct proc_spec *spec)
 				req_reply_shape(r, "env: invalid variable name `%s`", it->string);
 				return -1;
 			}
-			n_req++;
+			/* The merge below is quadratic: keep it small. */
+			if (++n_req > AGENT_ENV_MAX) {
+				req_reply_shape(r, "env: more than %d variables", AGENT_ENV_MAX);
+				return -1;
+			}
 		}
 	} else {
 		env_obj = NULL;
@@ -597,9 +606,29 @@ static void close_fd(int *fd)
 	*fd = -1;
 }
 
+/* A PTY master (non-blocking, close-on-exec) with the given window size; the slave's path in
+ * @name. 0 or -errno. */
+static int open_pty(unsigned short rows, unsigned short cols, int *ret_master, char *name,
+		    size_t name_len)
+{
+	int m = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+	if (m < 0)
+		return -errno;
+	struct winsize ws = {.ws_row = rows ? rows : 24, .ws_col = cols ? cols : 80};
+	if (grantpt(m) < 0 || unlockpt(m) < 0 || ptsname_r(m, name, name_len) != 0 ||
+	    ioctl(m, TIOCSWINSZ, &ws) < 0 || fcntl(m, F_SETFL, O_NONBLOCK) < 0) {
+		int e = errno ? errno : EIO;
+		close(m);
+		return -e;
+	}
+	*ret_master = m;
+	return 0;
+}
+
 int proc_spawn(struct proc_spec *spec, struct proc_spawned *sp, struct proc_fail *fail)
 {
-	int outp[2][2] = {{-1, -1}, {-1, -1}}, inp[2] = {-1, -1};
+	int outp[2][2] = {{-1, -1}, {-1, -1}}, inp[2] = {-1, -1}, master = -1;
+	char pts[64];
 	char *path = NULL;
 	int rc = -1, e;
 	posix_spawn_file_actions_t fa;
@@ -624,14 +653,21 @@ int proc_spawn(struct proc_spec *spec, struct proc_spawned *sp, struct proc_fail
 		fail->not_found_program = e == ENOENT;
 		goto out;
 	}
-	for (int i = 0; i < 2; i++) {
+	if (spec->tty) {
+		e = open_pty(spec->rows, spec->cols, &master, pts, sizeof(pts));
+		if (e < 0) {
+			e = -e;
+			goto spawn_fail;
+		}
+	}
+	for (int i = 0; i < 2 && !spec->tty; i++) {
 		if (pipe2(outp[i], O_CLOEXEC) < 0)
 			goto os_fail;
 		/* Only our end is non-blocking; the child's stdout stays blocking. */
 		if (fcntl(outp[i][0], F_SETFL, O_NONBLOCK) < 0)
 			goto os_fail;
 	}
-	if (spec->stdin_pipe) {
+	if (spec->stdin_pipe && !spec->tty) {
 		if (pipe2(inp, O_CLOEXEC) < 0 || fcntl(inp[1], F_SETFL, O_NONBLOCK) < 0)
 			goto os_fail;
 		fcntl(inp[1], F_SETPIPE_SZ, 1 << 20); /* room for queued commands; best effort */
@@ -639,14 +675,23 @@ int proc_spawn(struct proc_spec *spec, struct proc_spawned *sp, struct proc_fail
 	if ((e = posix_spawn_file_actions_init(&fa)))
 		goto spawn_fail;
 	fa_ok = true;
-	if (spec->stdin_pipe)
-		e = posix_spawn_file_actions_adddup2(&fa, inp[0], 0);
-	else
-		e = posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-	if (!e)
-		e = posix_spawn_file_actions_adddup2(&fa, outp[0][1], 1);
-	if (!e)
-		e = posix_spawn_file_actions_adddup2(&fa, outp[1][1], 2);
+	if (spec->tty) {
+		/* No O_NOCTTY: this open makes it the controlling terminal (see the top). */
+		e = posix_spawn_file_actions_addopen(&fa, 0, pts, O_RDWR, 0);
+		if (!e)
+			e = posix_spawn_file_actions_adddup2(&fa, 0, 1);
+		if (!e)
+			e = posix_spawn_file_actions_adddup2(&fa, 0, 2);
+	} else {
+		if (spec->stdin_pipe)
+			e = posix_spawn_file_actions_adddup2(&fa, inp[0], 0);
+		else
+			e = posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+		if (!e)
+			e = posix_spawn_file_actions_adddup2(&fa, outp[0][1], 1);
+		if (!e)
+			e = posix_spawn_file_actions_adddup2(&fa, outp[1][1], 2);
+	}
 	if (!e)
 		e = posix_spawn_file_actions_addfchdir_np(&fa, spec->cwdfd);
 	if (!e)
@@ -684,12 +729,19 @@ int proc_spawn(struct proc_spec *spec, struct proc_spawned *sp, struct proc_fail
 		fail_set(fail, ST_OPERATION, e, "pidfd_open: %s (os error %d)", strerror(e), e);
 		goto out;
 	}
-	for (int i = 0; i < 2; i++) {
-		sp->rd[i] = outp[i][0];
-		outp[i][0] = -1;
-		sp->dup[i] = fcntl(sp->rd[i], F_DUPFD_CLOEXEC, 3);
+	if (spec->tty) {
+		sp->rd[0] = master;
+		master = -1;
+		sp->dup[0] = fcntl(sp->rd[0], F_DUPFD_CLOEXEC, 3);
+		sp->in_w = fcntl(sp->rd[0], F_DUPFD_CLOEXEC, 3);
+	} else {
+		for (int i = 0; i < 2; i++) {
+			sp->rd[i] = outp[i][0];
+			outp[i][0] = -1;
+			sp->dup[i] = fcntl(sp->rd[i], F_DUPFD_CLOEXEC, 3);
+		}
 	}
-	if (sp->dup[0] < 0 || sp->dup[1] < 0) {
+	if (sp->dup[0] < 0 || (!spec->tty && sp->dup[1] < 0) || (spec->tty && sp->in_w < 0)) {
 		e = errno;
 		pidfd_send_signal(sp->pidfd, SIGKILL, NULL, 0);
 		killpg(pid, SIGKILL);
@@ -697,7 +749,7 @@ int proc_spawn(struct proc_spec *spec, struct proc_spawned *sp, struct proc_fail
 		fail_set(fail, ST_OPERATION, e, "%s (os error %d)", strerror(e), e);
 		goto out;
 	}
-	if (spec->stdin_pipe) {
+	if (spec->stdin_pipe && !spec->tty) {
 		sp->in_w = inp[1];
 		inp[1] = -1;
 	}
@@ -719,6 +771,7 @@ out:
 	}
 	close_fd(&inp[0]);
 	close_fd(&inp[1]);
+	close_fd(&master);
 	free(path);
 	if (rc < 0) {
 		close_fd(&sp->pidfd);
@@ -842,6 +895,7 @@ static void proc_check(struct proc *p)
 	if (p->finished || !p->reaped || !p->out[0].eof || !p->out[1].eof)
 		return;
 	p->finished = true;
+	lws_sul_cancel(&p->sul_timeout);
 	if (p->ops->finished)
 		p->ops->finished(p);
 }
@@ -965,7 +1019,8 @@ static void on_reaped(struct proc *p, const siginfo_t *si)
 {
 	p->reaped = true;
 	atomic_fetch_sub(&running_children, 1);
-	lws_sul_cancel(&p->sul_timeout);
+	/* The timer stays armed until the output is done too (proc_check): a background
+	 * child holding the pipes must not keep a request open past its timeout. */
 	p->end = time(NULL);
 	p->end_ms = dbx_now_ms();
 	if (si && si->si_code == CLD_EXITED) {
@@ -1179,7 +1234,11 @@ static struct lws *adopt_fd(struct agent *ag, int fd, struct proc *p)
 	info.fd.filefd = fd;
 	info.vh_prot_name = "dbx-raw";
 	info.opaque = p;
-	return lws_adopt_descriptor_vhost_via_info(&info); /* closes fd on failure */
+	struct lws *wsi = lws_adopt_descriptor_vhost_via_info(&info);
+	/* lws 4.1.6 closes only sockets when adoption fails; a raw fd stays ours. */
+	if (!wsi)
+		close(fd);
+	return wsi;
 }
 
 static void reap_job(void *arg)
@@ -1293,6 +1352,10 @@ static void adopt_cb(void *arg)
 	for (int i = 0; i < 2; i++) {
 		p->out[i].dupfd = sp->dup[i];
 		sp->dup[i] = -1;
+		if (sp->rd[i] < 0) {
+			p->out[i].eof = true; /* a PTY has no separate stderr */
+			continue;
+		}
 		p->out[i].wsi = adopt_fd(ag, sp->rd[i], p);
 		sp->rd[i] = -1;
 		if (!p->out[i].wsi) {

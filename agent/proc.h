@@ -21,6 +21,7 @@ enum proc_kind {
 	PK_SYNC,    /* exec-sync: output collected for one JSON reply */
 	PK_STREAM,  /* sync-stream: output streamed as SSE */
 	PK_SESSION, /* a shell session: a record with logs and a stdin pipe */
+	PK_IEXEC,   /* interactive exec (/exec/v1, exec.c): raw output, stdin, optional PTY */
 };
 
 enum proc_state { PS_RUNNING, PS_COMPLETED, PS_FAILED, PS_KILLED };
@@ -114,6 +115,9 @@ struct proc_spec {
 	char *cwd_abs;   /* absolute cwd (for sessions' replies) */
 	char *command;   /* display command line */
 	bool stdin_pipe; /* sessions: stdin is a pipe the agent writes; else /dev/null */
+	/* A new PTY as stdin/stdout/stderr and controlling terminal (stdin_pipe ignored). */
+	bool tty;
+	unsigned short rows, cols; /* its initial window size */
 };
 
 /* A spawn or request problem, reported in the shape each route needs. */
@@ -127,9 +131,11 @@ struct proc_fail {
 struct proc_spawned {
 	pid_t pid;
 	int pidfd;
-	int rd[2];  /* non-blocking read ends of stdout, stderr */
+	/* Non-blocking read ends of stdout, stderr. With a PTY: rd[0] is the master and rd[1] is
+	 * -1 (the stderr output is then at EOF from the start). */
+	int rd[2];
 	int dup[2]; /* their dups (T18) */
-	int in_w;   /* stdin write end (sessions) or -1 */
+	int in_w;   /* stdin write end (sessions), a dup of the PTY master (tty), or -1 */
 	time_t start;
 	uint64_t start_ms;
 };

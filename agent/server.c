@@ -20,10 +20,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "agent.h"
+#include "events.h"
 #include "misc.h"
 #include "path.h"
 
@@ -100,6 +102,8 @@ struct req {
 	struct dbx_strbuf add_hdrs; /* (mu) "name: value\r\n" lines added before the reply */
 	uint64_t t_start;
 	bool close_after;      /* service thread: close the connection after the reply */
+	bool body_complete;    /* service thread: lws has delivered the whole request body */
+	bool expect_continue;  /* service thread: the client waits for 100 Continue */
 	bool dispatched;       /* service thread */
 
 	/* request body */
@@ -114,6 +118,7 @@ struct req {
 	pthread_cond_t cv;
 	/* BODY_STREAM queue (mu) */
 	struct chunk *in_head, *in_tail;
+	struct chunk *in_cur; /* the consumer's chunk being handed out by req_body_next() */
 	size_t in_bytes;
 	uint64_t in_total;
 	bool in_done, in_over, in_paused, in_resume_posted;
@@ -169,6 +174,7 @@ void req_unref(struct req *r)
 	dbx_sb_free(&r->body);
 	cJSON_Delete(r->json);
 	chunk_list_free(r->in_head);
+	free(r->in_cur);
 	chunk_list_free(r->out_head);
 	free(r->out_ctype);
 	free(r->out_hdrs);
@@ -468,7 +474,7 @@ int json_get_int(struct req *r, cJSON *obj, const char *name, bool *present, int
 	if (!it || cJSON_IsNull(it))
 		return 0;
 	double d = it->valuedouble;
-	if (!cJSON_IsNumber(it) || d != (double)(int64_t)d || d < -9.2e18 || d > 9.2e18) {
+	if (!cJSON_IsNumber(it) || !(d >= -9.2e18 && d <= 9.2e18) || d != (double)(int64_t)d) {
 		req_reply_shape(r, "%s: invalid type, expected an integer", name);
 		return -1;
 	}
@@ -536,9 +542,17 @@ int req_stream_write(struct req *r, const void *data, size_t len)
 		struct chunk *c = chunk_new(p, n);
 		if (!c)
 			return -ENOMEM;
+		struct timespec dl;
+		clock_gettime(CLOCK_REALTIME, &dl);
+		dl.tv_sec += AGENT_IO_STALL_SECS;
 		pthread_mutex_lock(&r->mu);
-		while (r->out_bytes >= AGENT_OUT_HIWAT && !atomic_load(&r->gone))
-			pthread_cond_wait(&r->cv, &r->mu);
+		while (r->out_bytes >= AGENT_OUT_HIWAT && !atomic_load(&r->gone)) {
+			if (pthread_cond_timedwait(&r->cv, &r->mu, &dl) == ETIMEDOUT) {
+				/* The client has not taken a byte for that long: give up. */
+				atomic_store(&r->gone, true);
+				break;
+			}
+		}
 		if (atomic_load(&r->gone)) {
 			pthread_mutex_unlock(&r->mu);
 			free(c);
@@ -622,35 +636,68 @@ static void resume_cb(void *arg)
 	req_unref(r);
 }
 
-ssize_t req_body_read(struct req *r, void *buf, size_t len)
+/* Worker: waits for the next queued chunk and takes it whole (the consumer then owns it).
+ * Returns 1 with *ret, 0 at the end of the body, or -errno. */
+static int body_pop(struct req *r, struct chunk **ret)
 {
-	ssize_t n = 0;
+	int rc = 0;
+	struct timespec dl;
+	clock_gettime(CLOCK_REALTIME, &dl);
+	dl.tv_sec += AGENT_IO_STALL_SECS;
 	pthread_mutex_lock(&r->mu);
-	while (!r->in_head && !r->in_done && !r->in_over && !atomic_load(&r->gone))
-		pthread_cond_wait(&r->cv, &r->mu);
+	while (!r->in_head && !r->in_done && !r->in_over && !atomic_load(&r->gone)) {
+		if (pthread_cond_timedwait(&r->cv, &r->mu, &dl) == ETIMEDOUT) {
+			pthread_mutex_unlock(&r->mu);
+			return -ETIMEDOUT;
+		}
+	}
 	if (r->in_over) {
-		n = -EMSGSIZE;
+		rc = -EMSGSIZE;
 	} else if (r->in_head) {
 		struct chunk *c = r->in_head;
-		size_t avail = c->len - c->off;
-		n = (ssize_t)(avail < len ? avail : len);
-		memcpy(buf, c->buf + CHUNK_HEAD + c->off, (size_t)n);
-		c->off += (size_t)n;
-		r->in_bytes -= (size_t)n;
-		if (c->off == c->len) {
-			r->in_head = c->next;
-			if (!r->in_head)
-				r->in_tail = NULL;
-			free(c);
-		}
+		r->in_head = c->next;
+		if (!r->in_head)
+			r->in_tail = NULL;
+		c->next = NULL;
+		r->in_bytes -= c->len - c->off;
+		*ret = c;
+		rc = 1;
 		if (r->in_paused && r->in_bytes < AGENT_BODY_LOWAT && !r->in_resume_posted) {
 			r->in_resume_posted = true;
 			work_post(r->ag->pool, resume_cb, req_ref(r));
 		}
 	} else if (atomic_load(&r->gone)) {
-		n = -EPIPE;
+		rc = -EPIPE;
 	}
 	pthread_mutex_unlock(&r->mu);
+	return rc;
+}
+
+ssize_t req_body_next(struct req *r, const void **ret_data, size_t max)
+{
+	struct chunk *c = r->in_cur;
+	if (!c || c->off == c->len) {
+		free(c);
+		r->in_cur = NULL;
+		int rc = body_pop(r, &r->in_cur);
+		if (rc <= 0)
+			return rc;
+		c = r->in_cur;
+	}
+	size_t n = c->len - c->off;
+	if (n > max)
+		n = max;
+	*ret_data = c->buf + CHUNK_HEAD + c->off;
+	c->off += n;
+	return (ssize_t)n;
+}
+
+ssize_t req_body_read(struct req *r, void *buf, size_t len)
+{
+	const void *p;
+	ssize_t n = req_body_next(r, &p, len);
+	if (n > 0)
+		memcpy(buf, p, (size_t)n);
 	return n;
 }
 
@@ -685,9 +732,11 @@ static const struct route health_routes[] = {
 	{NULL, NULL, NULL, 0, NULL},
 };
 
-static const struct route *const route_tables[] = {health_routes, files_routes, proc_routes};
+static const struct route *const route_tables[] = {health_routes, files_routes, proc_routes,
+						    fs_routes, exec_routes};
 
-static const struct ws_handler *const ws_routes[] = {&logs_ws_handler};
+static const struct ws_handler *const ws_routes[] = {&logs_ws_handler, &events_ws_handler,
+						     &exec_ws_handler};
 
 /* Matches @uri against a pattern with at most one "*" segment; fills *param. */
 static bool path_match(const char *pat, const char *uri, const char **pstart, size_t *plen)
@@ -923,13 +972,20 @@ static void req_dispatch(struct req *r)
 			return;
 		}
 	}
-	if (r->wsi)
+	/* The handler may take long (exec-sync, big walks): lift lws's content timeout, except
+	 * while a streamed body is still due (lws re-arms it per body chunk; on_body_done()
+	 * lifts it), so a client that stalls mid-upload is dropped rather than pinning a
+	 * worker. */
+	if (r->wsi && !(r->bmode == BODY_STREAM && r->clen > 0))
 		lws_set_timeout(r->wsi, NO_PENDING_TIMEOUT, 0);
 	if (r->route->flags & R_INLINE) {
 		r->route->fn(r);
 		return;
 	}
-	work_submit(r->ag->pool, dispatch_job, req_ref(r));
+	/* Handlers that wait on the client (streamed bodies and replies) get their own pool,
+	 * so slow clients cannot starve short requests. */
+	bool xfer = r->bmode == BODY_STREAM || (r->route->flags & R_XFER);
+	work_submit(xfer ? r->ag->xfer_pool : r->ag->pool, dispatch_job, req_ref(r));
 }
 
 static bool ctype_is(const char *ct, const char *want)
@@ -944,9 +1000,14 @@ bool agent_ctype_is(const char *ct, const char *want)
 }
 
 /* A reply before the body was read: keep the connection only when discarding is cheap. */
+/* A reply before the body was read. The reply is held until lws has read the whole body
+ * (req_writable), because lws 4.1.6 mishandles a transaction completed with body bytes still
+ * due: in its DISCARD_BODY state a pipelined next request can spin the loop forever. So close
+ * instead when waiting is a bad idea: a big body, or a client that waits for 100 Continue
+ * before it sends the body at all. */
 static void early_reply_close_if_big(struct req *r)
 {
-	if (r->clen > (64 << 20))
+	if (r->clen > (64 << 20) || r->expect_continue)
 		r->close_after = true;
 }
 
@@ -990,16 +1051,7 @@ static int on_http(struct agent *ag, struct lws *wsi, struct pss *pss, const cha
 		req_reply_empty(r, 500);
 		return 0;
 	}
-	if (header_bytes(wsi) > AGENT_HEADER_MAX) {
-		r->close_after = true;
-		req_reply_text(r, 431, "Request header fields too large (limit 16384 bytes)");
-		return 0;
-	}
-	if (!route_public(r->uri) && !auth_ok(ag, wsi)) {
-		early_reply_close_if_big(r);
-		req_reply_empty(r, 401);
-		return 0;
-	}
+	/* The body's framing first: every reply below must know whether a body is due. */
 	char *te = hdr_dup(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING);
 	if (te) {
 		free(te);
@@ -1010,10 +1062,14 @@ static int on_http(struct agent *ag, struct lws *wsi, struct pss *pss, const cha
 	}
 	char *cl = hdr_dup(wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH);
 	if (cl) {
-		char *end;
-		errno = 0;
-		long long v = strtoll(cl, &end, 10);
-		if (errno || *end || v < 0) {
+		/* Plain digits only, as lws parses it (atoll of at most 31 chars): a padded or
+		 * signed value would make lws and us disagree on the body length. */
+		size_t cll = strlen(cl);
+		char *end = NULL;
+		long long v = -1;
+		if (cll >= 1 && cll <= 18 && strspn(cl, "0123456789") == cll)
+			v = strtoll(cl, &end, 10);
+		if (v < 0) {
 			free(cl);
 			r->close_after = true;
 			req_reply_text(r, 400, "Invalid Content-Length");
@@ -1026,6 +1082,20 @@ static int on_http(struct agent *ag, struct lws *wsi, struct pss *pss, const cha
 	 * body as empty and close after replying. */
 	if (r->clen < 0 && strcmp(r->method, "POST") == 0)
 		r->close_after = true;
+	r->body_complete = r->clen <= 0;
+	char *expect = hdr_dup(wsi, WSI_TOKEN_HTTP_EXPECT);
+	r->expect_continue = expect && strcasecmp(expect, "100-continue") == 0 && r->clen > 0;
+	free(expect);
+	if (header_bytes(wsi) > AGENT_HEADER_MAX) {
+		r->close_after = true;
+		req_reply_text(r, 431, "Request header fields too large (limit 16384 bytes)");
+		return 0;
+	}
+	if (!route_public(r->uri) && !auth_ok(ag, wsi)) {
+		early_reply_close_if_big(r);
+		req_reply_empty(r, 401);
+		return 0;
+	}
 	r->ctype = hdr_dup(wsi, WSI_TOKEN_HTTP_CONTENT_TYPE);
 	r->accept = hdr_dup(wsi, WSI_TOKEN_HTTP_ACCEPT);
 	r->range = hdr_dup(wsi, WSI_TOKEN_HTTP_RANGE);
@@ -1057,6 +1127,12 @@ static int on_http(struct agent *ag, struct lws *wsi, struct pss *pss, const cha
 	}
 	if (r->route->prepare && r->route->prepare(r)) {
 		early_reply_close_if_big(r);
+		return 0;
+	}
+	if (r->bmode != BODY_NONE && r->clen < 0 && strcmp(r->method, "GET") != 0 && !r->head) {
+		/* lws would wait for a 100 MiB body (T6): refuse rather than guess. */
+		r->close_after = true;
+		req_reply_text(r, 411, "Length Required: send the body with a Content-Length");
 		return 0;
 	}
 	if (r->bmode == BODY_BUFFER) {
@@ -1091,15 +1167,12 @@ static int on_http(struct agent *ag, struct lws *wsi, struct pss *pss, const cha
 		return 0;
 	}
 	bool has_body = r->clen > 0;
-	if (has_body && r->bmode != BODY_NONE) {
-		char *ex = hdr_dup(wsi, WSI_TOKEN_HTTP_EXPECT);
-		if (ex && strcasecmp(ex, "100-continue") == 0) {
-			static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
-			unsigned char buf[LWS_PRE + sizeof(cont)];
-			memcpy(buf + LWS_PRE, cont, sizeof(cont) - 1);
-			lws_write(wsi, buf + LWS_PRE, sizeof(cont) - 1, LWS_WRITE_HTTP);
-		}
-		free(ex);
+	if (has_body && r->expect_continue) {
+		static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+		unsigned char buf[LWS_PRE + sizeof(cont)];
+		memcpy(buf + LWS_PRE, cont, sizeof(cont) - 1);
+		lws_write(wsi, buf + LWS_PRE, sizeof(cont) - 1, LWS_WRITE_HTTP);
+		r->expect_continue = false; /* from here on the client sends the body */
 	}
 	if (r->bmode == BODY_STREAM || !has_body || r->bmode == BODY_NONE)
 		req_dispatch(r);
@@ -1111,7 +1184,8 @@ static void on_body(struct req *r, const void *in, size_t len)
 	if (r->replied && r->bmode != BODY_STREAM)
 		return;
 	if (r->bmode == BODY_BUFFER) {
-		if (r->body_over)
+		/* The handler owns the buffer once dispatched (it may be parsing it now). */
+		if (r->body_over || r->dispatched)
 			return;
 		if (dbx_sb_append(&r->body, in, len) < 0) {
 			r->body_over = true;
@@ -1128,7 +1202,8 @@ static void on_body(struct req *r, const void *in, size_t len)
 		return;
 	pthread_mutex_lock(&r->mu);
 	bool pause = false;
-	if (!r->in_over && !atomic_load(&r->gone)) {
+	/* After the reply nobody consumes the rest: drop it (the reply waits for its end). */
+	if (!r->in_over && !atomic_load(&r->gone) && !r->replied) {
 		struct chunk *c = chunk_new(in, len);
 		if (c) {
 			if (r->in_tail)
@@ -1137,6 +1212,8 @@ static void on_body(struct req *r, const void *in, size_t len)
 				r->in_head = c;
 			r->in_tail = c;
 			r->in_bytes += len;
+		} else {
+			r->in_over = true; /* out of memory: fail the upload, never corrupt it */
 		}
 		r->in_total += len;
 		if (r->blimit && r->in_total > r->blimit)
@@ -1152,6 +1229,12 @@ static void on_body(struct req *r, const void *in, size_t len)
 
 static void on_body_done(struct req *r)
 {
+	r->body_complete = true;
+	pthread_mutex_lock(&r->mu);
+	bool ready = r->resp_ready;
+	pthread_mutex_unlock(&r->mu);
+	if (ready && r->wsi)
+		lws_callback_on_writable(r->wsi); /* a reply was waiting for the body's end */
 	if (r->bmode == BODY_STREAM) {
 		pthread_mutex_lock(&r->mu);
 		r->in_done = true;
@@ -1250,9 +1333,18 @@ static int req_writable(struct req *r, struct lws *wsi)
 {
 	pthread_mutex_lock(&r->mu);
 	bool ready = r->resp_ready;
+	bool paused = r->in_paused;
+	if (ready && paused && !r->body_complete)
+		r->in_paused = false;
 	pthread_mutex_unlock(&r->mu);
 	if (!ready)
 		return 0;
+	if (!r->hdrs_sent && !r->body_complete && !r->close_after) {
+		/* See early_reply_close_if_big(): let lws read the rest of the body first. */
+		if (paused)
+			lws_rx_flow_control(wsi, 1);
+		return 0;
+	}
 	if (!r->hdrs_sent) {
 		if (write_headers(r, wsi) < 0)
 			return -1;
@@ -1556,7 +1648,7 @@ int agent_http_callback(struct lws *wsi, enum lws_callback_reasons reason, void 
 		return 0;
 
 	case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE: {
-		if (!in || strcmp(in, "websocket") != 0)
+		if (!in || strcasecmp(in, "websocket") != 0)
 			return reject_upgrade(wsi, 505); /* h2c and friends (T11) */
 		char uri[256];
 		if (lws_hdr_copy(wsi, uri, sizeof(uri), WSI_TOKEN_GET_URI) < 0)

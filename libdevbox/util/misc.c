@@ -1,6 +1,7 @@
 #include "misc.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,8 +30,13 @@ void dbx_random_id(char *out, size_t n)
 void dbx_fmt_time(time_t t, char out[21])
 {
 	struct tm tm;
-	gmtime_r(&t, &tm);
-	strftime(out, 21, "%Y-%m-%dT%H:%M:%SZ", &tm);
+	/* Years past 9999 (or before 0) do not fit the wire format: clamp. */
+	if (!gmtime_r(&t, &tm) || tm.tm_year > 9999 - 1900 || tm.tm_year < -1900) {
+		snprintf(out, 21, "%s", t < 0 ? "0000-01-01T00:00:00Z" : "9999-12-31T23:59:59Z");
+		return;
+	}
+	if (strftime(out, 21, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+		snprintf(out, 21, "9999-12-31T23:59:59Z");
 }
 
 bool dbx_ct_equal(const void *a, size_t alen, const void *b, size_t blen)

@@ -1,6 +1,7 @@
 #include "path.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <linux/openat2.h>
@@ -26,16 +27,13 @@ static const char *strip_prefix(const char *path, const char *prefix)
 	return NULL;
 }
 
-/* Lexical clean-up of an absolute path into @out (used for absolute inputs before matching
- * them against the root). ".." at the top stays at "/" like the kernel does. */
-static int clean_abs(const char *in, char *out, size_t outsz)
+/* Lexical clean-up of @in into a relative path without leading slash ("" for nothing left):
+ * "." components dropped, ".." pops one; a ".." at the top is ignored when @clamp (like the
+ * kernel does at "/"), else -EXDEV. */
+static int lexical_clean(const char *in, char *out, size_t outsz, bool clamp)
 {
 	size_t len = 0;
 	const char *p = in;
-	if (outsz < 2)
-		return -ENAMETOOLONG;
-	out[0] = '/';
-	len = 1;
 	while (*p) {
 		while (*p == '/')
 			p++;
@@ -48,56 +46,11 @@ static int clean_abs(const char *in, char *out, size_t outsz)
 		if (cl == 1 && s[0] == '.')
 			continue;
 		if (cl == 2 && s[0] == '.' && s[1] == '.') {
-			while (len > 1 && out[len - 1] != '/')
-				len--;
-			if (len > 1)
-				len--;
-			continue;
-		}
-		if (len + (len > 1) + cl + 1 > outsz)
-			return -ENAMETOOLONG;
-		if (len > 1)
-			out[len++] = '/';
-		memcpy(out + len, s, cl);
-		len += cl;
-	}
-	out[len] = '\0';
-	return 0;
-}
-
-int dbx_path_normalize(const char *root, const char *alias, const char *input, char *out,
-		       size_t outsz)
-{
-	char absbuf[PATH_MAX];
-	const char *rel = input;
-	if (outsz < 2)
-		return -ENAMETOOLONG;
-	if (input[0] == '/') {
-		int r = clean_abs(input, absbuf, sizeof(absbuf));
-		if (r < 0)
-			return r;
-		rel = strip_prefix(absbuf, root);
-		if (!rel && alias)
-			rel = strip_prefix(absbuf, alias);
-		if (!rel)
-			return -EXDEV;
-	}
-	size_t len = 0;
-	const char *p = rel;
-	while (*p) {
-		while (*p == '/')
-			p++;
-		if (!*p)
-			break;
-		const char *s = p;
-		while (*p && *p != '/')
-			p++;
-		size_t cl = (size_t)(p - s);
-		if (cl == 1 && s[0] == '.')
-			continue;
-		if (cl == 2 && s[0] == '.' && s[1] == '.') {
-			if (len == 0)
+			if (len == 0) {
+				if (clamp)
+					continue;
 				return -EXDEV;
+			}
 			while (len > 0 && out[len - 1] != '/')
 				len--;
 			if (len > 0)
@@ -111,9 +64,37 @@ int dbx_path_normalize(const char *root, const char *alias, const char *input, c
 		memcpy(out + len, s, cl);
 		len += cl;
 	}
-	if (len == 0)
-		out[len++] = '.';
 	out[len] = '\0';
+	return 0;
+}
+
+int dbx_path_normalize(const char *root, const char *alias, const char *input, char *out,
+		       size_t outsz)
+{
+	char absbuf[PATH_MAX];
+	if (outsz < 2)
+		return -ENAMETOOLONG;
+	if (input[0] != '/') {
+		int r = lexical_clean(input, out, outsz, false);
+		if (r < 0)
+			return r;
+	} else {
+		absbuf[0] = '/';
+		int r = lexical_clean(input, absbuf + 1, sizeof(absbuf) - 1, true);
+		if (r < 0)
+			return r;
+		const char *rel = strip_prefix(absbuf, root);
+		if (!rel && alias)
+			rel = strip_prefix(absbuf, alias);
+		if (!rel)
+			return -EXDEV;
+		size_t n = strlen(rel);
+		if (n + 1 > outsz)
+			return -ENAMETOOLONG;
+		memcpy(out, rel, n + 1);
+	}
+	if (out[0] == '\0')
+		snprintf(out, outsz, ".");
 	return 0;
 }
 
@@ -124,11 +105,12 @@ int dbx_path_open(int rootfd, const char *rel, int flags, mode_t mode, uint64_t 
 		.mode = (flags & (O_CREAT | O_TMPFILE)) ? mode : 0,
 		.resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS | resolve,
 	};
-	for (;;) {
+	/* EAGAIN: a concurrent rename raced the RESOLVE_BENEATH walk; retry a few times. */
+	for (int tries = 0;; tries++) {
 		long fd = syscall(SYS_openat2, rootfd, rel, &how, sizeof(how));
 		if (fd >= 0)
 			return (int)fd;
-		if (errno != EAGAIN && errno != EINTR)
+		if ((errno != EAGAIN && errno != EINTR) || tries == 16)
 			return -errno;
 	}
 }

@@ -25,7 +25,7 @@ from _helpers_sdk import rss_kib, sanitizer_of
 CLIENTS = 200
 DURATION = float(os.environ.get("DBX_CONCURRENCY_SECONDS", "30"))
 RSS_LIMIT_KIB = 64 * 1024
-RSS_GROWTH_MARGIN_KIB = 4 * 1024
+RSS_GROWTH_MARGIN_KIB = 8 * 1024
 # Under AddressSanitizer (shadow memory + a quarantine of freed blocks that fills up during the
 # run) only a loose bound means anything, and growth is expected.
 RSS_LIMIT_SANITIZED_KIB = 768 * 1024

@@ -20,6 +20,8 @@ int main(void)
 	char ts[21];
 	dbx_fmt_time(0, ts);
 	is_str(ts, "1970-01-01T00:00:00Z", "timestamp format");
+	dbx_fmt_time((time_t)99999999999999999LL, ts);
+	is_str(ts, "9999-12-31T23:59:59Z", "a time past year 9999 is clamped");
 
 	ok(dbx_ct_equal("abc", 3, "abc", 3), "equal tokens");
 	ok(!dbx_ct_equal("abc", 3, "abd", 3), "different tokens");

@@ -30,6 +30,8 @@ static void test_normalize(void)
 	ok(e == -EXDEV, "nested .. above the root escapes");
 	is_str(norm("/ws", NULL, "/ws/a/b", &e), "a/b", "absolute under root");
 	is_str(norm("/ws", NULL, "/ws", &e), ".", "absolute root");
+	is_str(norm("/ws", NULL, "/ws/../ws/./a//", &e), "a", "absolute path cleaned first");
+	is_str(norm("/ws", NULL, "/../ws/x", &e), "x", "'..' at / stays at / like the kernel");
 	norm("/ws", NULL, "/wsx/a", &e);
 	ok(e == -EXDEV, "sibling with common prefix is outside");
 	norm("/ws", NULL, "/etc/passwd", &e);
