@@ -32,6 +32,7 @@
 #include <unistd.h>
 
 #include "events.h"
+#include "fsapi.h"
 #include "misc.h"
 #include "proc.h"
 
@@ -107,50 +108,7 @@ struct exec_table {
 static struct exec_table *table;
 static atomic_int live_execs;
 
-/* ---- errors (PROTOCOL.md §1); fsapi.c has the same ~10-line helper -------------------- */
-
-static int errno_http(int e)
-{
-	switch (e) {
-	case ENOENT:
-		return 404;
-	case EACCES:
-	case EPERM:
-	case EXDEV:
-	case EROFS:
-		return 403;
-	case EEXIST:
-	case ENOTEMPTY:
-	case EBUSY:
-	case ETXTBSY:
-	case EAGAIN:
-		return 409;
-	case ESTALE:
-		return 412;
-	case EFBIG:
-	case ENOSPC:
-	case EDQUOT:
-		return 507;
-	case EIO:
-	case ENOMEM:
-		return 500;
-	default:
-		return 400;
-	}
-}
-
-static void reply_json(struct req *r, int http_status, cJSON *o)
-{
-	char *s = o ? cJSON_PrintUnformatted(o) : NULL;
-	cJSON_Delete(o);
-	events_stamp(r);
-	if (!s) {
-		req_reply_raw(r, 500, "application/json",
-			      strdup("{\"error\":\"ENOMEM\",\"message\":\"out of memory\"}"), 46);
-		return;
-	}
-	req_reply_raw(r, http_status, "application/json", s, strlen(s));
-}
+/* ---- errors (PROTOCOL.md §1): the status table and JSON shape are fsapi.c's --------------- */
 
 static cJSON *error_obj(int err, const char *fmt, va_list ap)
 {
@@ -167,11 +125,12 @@ static void reply_error(struct req *r, int err, const char *fmt, ...)
 
 static void reply_error(struct req *r, int err, const char *fmt, ...)
 {
+	char msg[512];
 	va_list ap;
 	va_start(ap, fmt);
-	cJSON *o = error_obj(err, fmt, ap);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	reply_json(r, errno_http(err), o);
+	fs_reply_error(r, err, msg);
 }
 
 static void ws_error(struct wsconn *c, int err, const char *fmt, ...)
@@ -731,7 +690,7 @@ static void start_started(struct proc *p, struct proc_start *ps)
 	cJSON *o = cJSON_CreateObject();
 	cJSON_AddStringToObject(o, "id", x->id);
 	cJSON_AddNumberToObject(o, "pid", x->pid);
-	reply_json(r, 200, o);
+	fs_reply_json(r, o);
 	req_unref(r);
 }
 
@@ -947,7 +906,7 @@ static void list_fn(struct req *r)
 			cJSON_AddItemToObject(e, "endTime", time_pair(&x->end));
 		cJSON_AddItemToArray(arr, e);
 	}
-	reply_json(r, 200, o);
+	fs_reply_json(r, o);
 }
 
 static void kill_fn(struct req *r)
@@ -969,7 +928,7 @@ static void kill_fn(struct req *r)
 		reply_error(r, -e, "kill %s: %s", x->id, strerror(-e));
 		return;
 	}
-	reply_json(r, 200, cJSON_CreateObject());
+	fs_reply_json(r, cJSON_CreateObject());
 }
 
 const struct route exec_routes[] = {

@@ -93,7 +93,11 @@ void fs_reply_error_http(struct req *r, int http_status, int err, const char *ms
 		err = -err;
 	cJSON *o = cJSON_CreateObject();
 	cJSON_AddStringToObject(o, "error", dbx_errno_name(err));
-	cJSON_AddStringToObject(o, "message", msg ? msg : strerror(err));
+	/* Messages quote client paths: keep the JSON valid UTF-8. */
+	const char *m = msg ? msg : strerror(err);
+	char *clean = dbx_utf8_lossy(m, strlen(m), NULL);
+	cJSON_AddStringToObject(o, "message", clean ? clean : "");
+	free(clean);
 	size_t n;
 	char *s = print_json(o, &n);
 	cJSON_Delete(o);
