@@ -144,6 +144,10 @@ const char *req_path(struct req *r);
 const char *req_param(struct req *r);	      /* the "*" segment, or NULL */
 const char *req_query(struct req *r, const char *name); /* decoded, first wins; NULL if absent */
 bool req_has_query(struct req *r, const char *name);
+/* ?name=true|false and ?name=<decimal> with axum's 400 texts: 0 absent, 1 present (*out
+ * set), -1 after the 400 reply. */
+int req_query_bool(struct req *r, const char *name, bool *out);
+int req_query_u64(struct req *r, const char *name, uint64_t *out);
 const char *req_content_type(struct req *r);  /* "" if absent */
 const char *req_accept(struct req *r);	      /* "" if absent */
 int64_t req_content_length(struct req *r);    /* -1 if absent */

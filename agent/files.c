@@ -383,48 +383,6 @@ int files_remove_tree(int dirfd, const char *name)
 	return unlinkat(dirfd, name, AT_REMOVEDIR) < 0 ? -errno : 0;
 }
 
-/* ---- query helpers ---------------------------------------------------------------------- */
-
-static int query_bool(struct req *r, const char *name, bool *out)
-{
-	const char *v = req_query(r, name);
-	if (!v)
-		return 0;
-	if (strcmp(v, "true") == 0) {
-		*out = true;
-	} else if (strcmp(v, "false") == 0) {
-		*out = false;
-	} else {
-		char msg[160];
-		snprintf(msg, sizeof(msg),
-			 "Failed to deserialize query string: %s: provided string was not `true` "
-			 "or `false`",
-			 name);
-		req_reply_text(r, 400, msg);
-		return -1;
-	}
-	return 0;
-}
-
-static int query_u64(struct req *r, const char *name, uint64_t *out)
-{
-	const char *v = req_query(r, name);
-	if (!v)
-		return 0;
-	char *end;
-	errno = 0;
-	unsigned long long n = strtoull(v, &end, 10);
-	if (!*v || *end || errno || v[0] == '-' || v[0] == '+' || v[0] == ' ') {
-		char msg[160];
-		snprintf(msg, sizeof(msg),
-			 "Failed to deserialize query string: %s: invalid digit found in string",
-			 name);
-		req_reply_text(r, 400, msg);
-		return -1;
-	}
-	*out = n;
-	return 0;
-}
 
 /* ---- GET /api/v1/files/list ------------------------------------------------------------ */
 
@@ -435,8 +393,8 @@ static void list_fn(struct req *r)
 	bool hidden = false;
 	uint64_t limit = 100, offset = 0;
 	char rel[PATH_MAX];
-	if (query_bool(r, "showHidden", &hidden) || query_u64(r, "limit", &limit) ||
-	    query_u64(r, "offset", &offset))
+	if (req_query_bool(r, "showHidden", &hidden) < 0 ||
+	    req_query_u64(r, "limit", &limit) < 0 || req_query_u64(r, "offset", &offset) < 0)
 		return;
 	if (req_resolve(r, path ? path : ".", rel))
 		return;

@@ -77,43 +77,6 @@ static cJSON *start_event(void)
 }
 
 /* Parses ?name=<u64>. 1 present, 0 absent, -1 after a 400 reply. */
-static int query_u64(struct req *r, const char *name, int64_t *out)
-{
-	const char *v = req_query(r, name);
-	if (!v)
-		return 0;
-	char *end;
-	errno = 0;
-	long long n = strtoll(v, &end, 10);
-	if (!*v || *end || errno || n < 0) {
-		char msg[160];
-		snprintf(msg, sizeof(msg),
-			 "Failed to deserialize query string: %s: invalid digit found in string",
-			 name);
-		req_reply_text(r, 400, msg);
-		return -1;
-	}
-	*out = n;
-	return 1;
-}
-
-/* ?name=true|false. 1 true, 0 false/absent, -1 after a 400 reply. */
-static int query_bool(struct req *r, const char *name)
-{
-	const char *v = req_query(r, name);
-	if (!v || strcmp(v, "false") == 0)
-		return 0;
-	if (strcmp(v, "true") == 0)
-		return 1;
-	char msg[160];
-	snprintf(msg, sizeof(msg),
-		 "Failed to deserialize query string: %s: provided string was not `true` or "
-		 "`false`",
-		 name);
-	req_reply_text(r, 400, msg);
-	return -1;
-}
-
 /* ---- exec (background) ------------------------------------------------------------------ */
 
 static void exec_line(struct proc *p, int which, const char *d, size_t n)
@@ -720,13 +683,12 @@ static void logs_stream(struct req *r, struct proc *p, bool has_tail, int64_t ta
 
 static void logs_fn(struct req *r)
 {
-	int64_t tail = 0;
-	int has_tail = query_u64(r, "tail", &tail);
-	if (has_tail < 0)
+	uint64_t tail_q = 0;
+	bool stream = false;
+	int has_tail = req_query_u64(r, "tail", &tail_q);
+	if (has_tail < 0 || req_query_bool(r, "stream", &stream) < 0)
 		return;
-	int stream = query_bool(r, "stream");
-	if (stream < 0)
-		return;
+	int64_t tail = tail_q > INT64_MAX ? INT64_MAX : (int64_t)tail_q;
 	struct proc *p = find_or_404(r);
 	if (!p)
 		return;

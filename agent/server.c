@@ -247,6 +247,41 @@ static char *merge_headers(struct req *r, const char *extra)
 	return dbx_sb_steal(&r->add_hdrs, NULL);
 }
 
+int req_query_bool(struct req *r, const char *name, bool *out)
+{
+	const char *v = req_query(r, name);
+	if (!v)
+		return 0;
+	if (strcmp(v, "true") == 0 || strcmp(v, "false") == 0) {
+		*out = v[0] == 't';
+		return 1;
+	}
+	char msg[200];
+	snprintf(msg, sizeof(msg),
+		 "Failed to deserialize query string: %.64s: provided string was not `true` or "
+		 "`false`",
+		 name);
+	req_reply_text(r, 400, msg);
+	return -1;
+}
+
+int req_query_u64(struct req *r, const char *name, uint64_t *out)
+{
+	const char *v = req_query(r, name);
+	if (!v)
+		return 0;
+	size_t n = strlen(v);
+	if (n >= 1 && n <= 19 && strspn(v, "0123456789") == n) {
+		*out = strtoull(v, NULL, 10);
+		return 1;
+	}
+	char msg[200];
+	snprintf(msg, sizeof(msg),
+		 "Failed to deserialize query string: %.64s: invalid digit found in string", name);
+	req_reply_text(r, 400, msg);
+	return -1;
+}
+
 int64_t req_content_length(struct req *r)
 {
 	return r->clen;

@@ -473,23 +473,11 @@ void sessions_terminate_fn(struct req *r)
 
 void sessions_logs_fn(struct req *r)
 {
-	const char *t = req_query(r, "tail");
-	int64_t tail = 0;
-	bool has_tail = false;
-	if (t) {
-		char *end;
-		errno = 0;
-		long long v = strtoll(t, &end, 10);
-		if (!*t || *end || errno || v < 0) {
-			req_reply_text(
-				r, 400,
-				"Failed to deserialize query string: tail: invalid digit found "
-				"in string");
-			return;
-		}
-		tail = v;
-		has_tail = true;
-	}
+	uint64_t tail_q = 0;
+	int has_tail = req_query_u64(r, "tail", &tail_q);
+	if (has_tail < 0)
+		return;
+	int64_t tail = tail_q > INT64_MAX ? INT64_MAX : (int64_t)tail_q;
 	struct proc *p = find_or_404(r);
 	if (!p)
 		return;
