@@ -26,6 +26,7 @@
 
 #include "agent.h"
 #include "events.h"
+#include "http_int.h"
 #include "misc.h"
 #include "path.h"
 
@@ -58,32 +59,6 @@ static void chunk_list_free(struct chunk *c)
 		free(c);
 		c = n;
 	}
-}
-
-/* Decoded query arguments, first occurrence wins (lws-notes T13). */
-struct qargs {
-	int n;
-	char **k, **v;
-};
-
-static const char *qargs_get(const struct qargs *q, const char *name)
-{
-	for (int i = 0; i < q->n; i++)
-		if (strcmp(q->k[i], name) == 0)
-			return q->v[i];
-	return NULL;
-}
-
-static void qargs_free(struct qargs *q)
-{
-	for (int i = 0; i < q->n; i++) {
-		free(q->k[i]);
-		free(q->v[i]);
-	}
-	free(q->k);
-	free(q->v);
-	q->n = 0;
-	q->k = q->v = NULL;
 }
 
 struct req {
@@ -144,10 +119,6 @@ struct req {
 	int keepalive_secs;
 };
 
-struct pss {
-	struct req *req;
-	struct wsconn *ws;
-};
 
 /* ---- reference counting and accessors ------------------------------------------------ */
 
@@ -770,8 +741,6 @@ static const struct route health_routes[] = {
 static const struct route *const route_tables[] = {health_routes, files_routes, proc_routes,
 						    fs_routes, exec_routes};
 
-static const struct ws_handler *const ws_routes[] = {&logs_ws_handler, &events_ws_handler,
-						     &exec_ws_handler};
 
 /* Matches @uri against a pattern with at most one "*" segment; fills *param. */
 static bool path_match(const char *pat, const char *uri, const char **pstart, size_t *plen)
@@ -866,7 +835,27 @@ static bool auth_ok(struct agent *ag, struct lws *wsi)
 	return ok;
 }
 
-static int qargs_parse(struct qargs *q, struct lws *wsi)
+const char *qargs_get(const struct qargs *q, const char *name)
+{
+	for (int i = 0; i < q->n; i++)
+		if (strcmp(q->k[i], name) == 0)
+			return q->v[i];
+	return NULL;
+}
+
+void qargs_free(struct qargs *q)
+{
+	for (int i = 0; i < q->n; i++) {
+		free(q->k[i]);
+		free(q->v[i]);
+	}
+	free(q->k);
+	free(q->v);
+	q->n = 0;
+	q->k = q->v = NULL;
+}
+
+int qargs_parse(struct qargs *q, struct lws *wsi)
 {
 	for (int i = 0; i < 256; i++) {
 		int n = lws_hdr_fragment_length(wsi, WSI_TOKEN_HTTP_URI_ARGS, i);
@@ -1460,109 +1449,6 @@ static int req_writable(struct req *r, struct lws *wsi)
 	return 0;
 }
 
-/* ---- WebSocket plumbing -------------------------------------------------------------- */
-
-struct wsmsg {
-	struct wsmsg *next;
-	size_t len;
-	bool binary;
-	unsigned char buf[]; /* LWS_PRE + len */
-};
-
-struct wsconn {
-	struct agent *ag;
-	struct lws *wsi;
-	const struct ws_handler *h;
-	void *data;
-	struct dbx_strbuf rx;
-	bool rx_binary;
-	bool rx_too_big;
-	struct wsmsg *head, *tail;
-	size_t queued;
-	struct qargs q;
-	bool closing;
-};
-
-const char *ws_query(struct wsconn *c, const char *name)
-{
-	return qargs_get(&c->q, name);
-}
-
-void ws_rx_pause(struct wsconn *c, bool pause)
-{
-	lws_rx_flow_control(c->wsi, pause ? 0 : 1);
-}
-
-void ws_close(struct wsconn *c, int status, const char *reason)
-{
-	if (c->closing)
-		return;
-	c->closing = true;
-	lws_close_reason(c->wsi, (enum lws_close_status)status, (unsigned char *)reason,
-			 strlen(reason));
-	lws_callback_on_writable(c->wsi);
-}
-
-int ws_send(struct wsconn *c, bool binary, const void *data, size_t len)
-{
-	if (c->queued + len > AGENT_WS_OUT_MAX)
-		return -ENOBUFS;
-	struct wsmsg *m = malloc(sizeof(*m) + LWS_PRE + len);
-	if (!m)
-		return -ENOMEM;
-	m->next = NULL;
-	m->len = len;
-	m->binary = binary;
-	memcpy(m->buf + LWS_PRE, data, len);
-	if (c->tail)
-		c->tail->next = m;
-	else
-		c->head = m;
-	c->tail = m;
-	c->queued += len;
-	lws_callback_on_writable(c->wsi);
-	return 0;
-}
-
-int ws_send_json(struct wsconn *c, cJSON *obj)
-{
-	char *s = cJSON_PrintUnformatted(obj);
-	cJSON_Delete(obj);
-	if (!s)
-		return -ENOMEM;
-	int r = ws_send(c, false, s, strlen(s));
-	free(s);
-	return r;
-}
-
-size_t ws_queued(struct wsconn *c)
-{
-	return c->queued;
-}
-
-void ws_set_data(struct wsconn *c, void *data)
-{
-	c->data = data;
-}
-
-void *ws_data(struct wsconn *c)
-{
-	return c->data;
-}
-
-struct agent *ws_agent(struct wsconn *c)
-{
-	return c->ag;
-}
-
-static const struct ws_handler *ws_find(const char *uri)
-{
-	for (size_t i = 0; i < sizeof(ws_routes) / sizeof(ws_routes[0]); i++)
-		if (strcmp(ws_routes[i]->path, uri) == 0)
-			return ws_routes[i];
-	return NULL;
-}
-
 static int reject_upgrade(struct lws *wsi, int status)
 {
 	unsigned char buf[LWS_PRE + 512], *start = buf + LWS_PRE, *p = start,
@@ -1573,97 +1459,6 @@ static int reject_upgrade(struct lws *wsi, int status)
 		return -1;
 	lws_write(wsi, start, (size_t)(p - start), LWS_WRITE_HTTP_HEADERS);
 	return 1;
-}
-
-static int ws_callback(struct agent *ag, struct lws *wsi, enum lws_callback_reasons reason,
-		       struct pss *pss, void *in, size_t len)
-{
-	struct wsconn *c = pss ? pss->ws : NULL;
-	switch (reason) {
-	case LWS_CALLBACK_ESTABLISHED: {
-		char uri[256];
-		if (lws_hdr_copy(wsi, uri, sizeof(uri), WSI_TOKEN_GET_URI) < 0)
-			return -1;
-		const struct ws_handler *h = ws_find(uri);
-		if (!h || !pss)
-			return -1;
-		c = calloc(1, sizeof(*c));
-		if (!c)
-			return -1;
-		c->ag = ag;
-		c->wsi = wsi;
-		c->h = h;
-		dbx_sb_init(&c->rx, h->msg_max ? h->msg_max : AGENT_WS_MSG_MAX);
-		if (qargs_parse(&c->q, wsi) < 0) {
-			qargs_free(&c->q);
-			dbx_sb_free(&c->rx);
-			free(c);
-			return -1;
-		}
-		pss->ws = c;
-		if (h->open)
-			h->open(c);
-		return 0;
-	}
-	case LWS_CALLBACK_RECEIVE: {
-		if (!c)
-			return -1;
-		if (lws_is_first_fragment(wsi)) {
-			dbx_sb_reset(&c->rx);
-			c->rx_binary = lws_frame_is_binary(wsi);
-			c->rx_too_big = false;
-		}
-		if (!c->rx_too_big && dbx_sb_append(&c->rx, in, len) < 0)
-			c->rx_too_big = true;
-		if (!lws_is_final_fragment(wsi) || lws_remaining_packet_payload(wsi))
-			return 0;
-		if (c->rx_too_big) {
-			static const char why[] = "message too large";
-			lws_close_reason(wsi, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE,
-					 (unsigned char *)why, sizeof(why) - 1);
-			return -1;
-		}
-		if (c->h->message)
-			c->h->message(c, c->rx.data ? c->rx.data : "", c->rx.len, c->rx_binary);
-		return 0;
-	}
-	case LWS_CALLBACK_SERVER_WRITEABLE: {
-		if (c && c->closing && !c->head)
-			return -1; /* queued messages sent; lws sends the close frame */
-		if (!c || !c->head)
-			return 0;
-		struct wsmsg *m = c->head;
-		c->head = m->next;
-		if (!c->head)
-			c->tail = NULL;
-		c->queued -= m->len;
-		int w = lws_write(wsi, m->buf + LWS_PRE, m->len,
-				  m->binary ? LWS_WRITE_BINARY : LWS_WRITE_TEXT);
-		free(m);
-		if (w < 0)
-			return -1;
-		if (c->head || c->closing)
-			lws_callback_on_writable(wsi);
-		return 0;
-	}
-	case LWS_CALLBACK_CLOSED:
-		if (c) {
-			if (c->h->close)
-				c->h->close(c);
-			while (c->head) {
-				struct wsmsg *m = c->head;
-				c->head = m->next;
-				free(m);
-			}
-			dbx_sb_free(&c->rx);
-			qargs_free(&c->q);
-			free(c);
-			pss->ws = NULL;
-		}
-		return 0;
-	default:
-		return 0;
-	}
 }
 
 /* ---- the protocol callback ----------------------------------------------------------- */
