@@ -28,6 +28,7 @@
 #define EVENTS_CLIENT_MAX (AGENT_WS_OUT_MAX - 4096u)
 static size_t client_max = EVENTS_CLIENT_MAX; /* DEVBOX_AGENT_EVENT_CLIENT_MAX (tests) */
 #define SESSION_LEN       24
+#define EVENTS_CLIENTS_MAX 64 /* open event WebSockets (= lock sessions) */
 
 struct ring_ent {
 	uint64_t seq;
@@ -354,7 +355,17 @@ static void ev_open(struct wsconn *c)
 	if (e)
 		pthread_mutex_unlock(&e->ring_mu);
 
+	/* Each client may queue up to client_max bytes and hold lock fds: bound how many. */
+	int n = 0;
 	pthread_mutex_lock(&sess_mu);
+	for (struct evclient *o = clients; o; o = o->next)
+		n++;
+	if (n >= EVENTS_CLIENTS_MAX) {
+		pthread_mutex_unlock(&sess_mu);
+		free(cl);
+		ws_close(c, LWS_CLOSE_STATUS_POLICY_VIOLATION, "too many event sessions");
+		return;
+	}
 	cl->next = clients;
 	clients = cl;
 	pthread_mutex_unlock(&sess_mu);

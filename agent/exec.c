@@ -621,7 +621,8 @@ static void iexec_reaped(struct proc *p)
 	x->status = p->signaled ? p->exit_code - 128 : p->exit_code;
 	clock_gettime(CLOCK_REALTIME, &x->end);
 	x->end_ms = dbx_now_ms();
-	slot_release(x);
+	/* The slot stays held until the output is done (iexec_finished): a background child
+	 * holding the pipes still holds fds and a record. */
 }
 
 static void iexec_finished(struct proc *p)
@@ -631,6 +632,7 @@ static void iexec_finished(struct proc *p)
 		return;
 	x->finished = true;
 	x->end_ms = dbx_now_ms();
+	slot_release(x);
 	stdin_close(x);
 	proc_purge(p); /* frees p; release() clears x->p */
 	pump_all(x);

@@ -19,7 +19,8 @@
 
 /* Bounds: each is answered with a clear error (PROTOCOL.md §2). */
 #define FS_LIST_DEFAULT       10000
-#define FS_LIST_MAX           100000
+#define FS_LIST_MAX           10000
+#define FS_BATCH_LIST_MAX     20000 /* list entries across one batch */
 #define FS_TREE_DEPTH_DEFAULT 64
 #define FS_TREE_MAX_DEFAULT   200000
 #define FS_TREE_MAX_LIMIT     1000000

@@ -81,8 +81,21 @@ static bool returns_attr(const char *op)
 	return false;
 }
 
+/* Every argument is a string, number, boolean or null ("data" excepted): an array or object
+ * must fail the op, never become a placeholder path. */
+static const char *bad_arg(cJSON *obj)
+{
+	cJSON *it;
+	cJSON_ArrayForEach(it, obj)
+	{
+		if ((cJSON_IsArray(it) || cJSON_IsObject(it)) && strcmp(it->string, "data") != 0)
+			return it->string;
+	}
+	return NULL;
+}
+
 static cJSON *run_op(struct agent *ag, cJSON *obj, const char *blob, size_t bloblen,
-		     struct dbx_strbuf *out)
+		     struct dbx_strbuf *out, size_t *list_entries)
 {
 	struct jargs *j = calloc(1, sizeof(*j));
 	if (!j)
@@ -97,10 +110,20 @@ static cJSON *run_op(struct agent *ag, cJSON *obj, const char *blob, size_t blob
 	struct fs_mem m;
 	struct fs_src src;
 	fs_op_fn fn;
+	const char *bad = cJSON_IsObject(obj) ? bad_arg(obj) : NULL;
+	size_t budget = out->len >= FS_BATCH_REPLY_MAX ? 0 : FS_BATCH_REPLY_MAX - out->len;
 	if (!cJSON_IsObject(obj) || !op) {
 		fs_fail(&o, EINVAL, "batch: each op is an object with a string \"op\"");
+	} else if (bad) {
+		fs_fail(&o, EINVAL, "batch: argument \"%.64s\" must be a string or a number", bad);
+	} else if ((!strcmp(op, "read") || !strcmp(op, "xattr")) && budget == 0) {
+		fs_fail(&o, EFBIG, "batch: the reply holds %u MiB of data already",
+			FS_BATCH_REPLY_MAX >> 20);
+	} else if (!strcmp(op, "list") && *list_entries >= FS_BATCH_LIST_MAX) {
+		fs_fail(&o, EFBIG, "batch: more than %d list entries in one batch",
+			FS_BATCH_LIST_MAX);
 	} else if (!strcmp(op, "read")) {
-		fs_read_into(&o, out, FS_BATCH_REPLY_MAX - out->len);
+		fs_read_into(&o, out, budget);
 	} else if (!strcmp(op, "write") ||
 		   (!strcmp(op, "xattr") && cJSON_GetObjectItemCaseSensitive(obj, "data"))) {
 		if (blob_slice(&o, obj, blob, bloblen, &data, &dlen) == 0) {
@@ -121,6 +144,9 @@ static cJSON *run_op(struct agent *ag, cJSON *obj, const char *blob, size_t blob
 		fs_fail(&o, EINVAL, "batch: unknown op \"%.64s\"", op);
 	}
 	free(j);
+	if (!o.err && op && !strcmp(op, "list") && o.json)
+		*list_entries += (size_t)cJSON_GetArraySize(
+			cJSON_GetObjectItemCaseSensitive(o.json, "entries"));
 	cJSON *res;
 	if (o.err) {
 		cJSON_Delete(o.json);
@@ -182,13 +208,14 @@ void fs_batch_route(struct req *r)
 		return;
 	}
 	struct dbx_strbuf out;
+	size_t list_entries = 0;
 	dbx_sb_init(&out, 0);
 	cJSON *reply = cJSON_CreateObject();
 	cJSON *results = cJSON_AddArrayToObject(reply, "results");
 	cJSON *op;
 	cJSON_ArrayForEach(op, ops)
 	{
-		cJSON *res = run_op(req_agent(r), op, blob, bloblen, &out);
+		cJSON *res = run_op(req_agent(r), op, blob, bloblen, &out, &list_entries);
 		if (!res) {
 			res = cJSON_CreateObject();
 			cJSON_AddStringToObject(res, "error", "ENOMEM");

@@ -269,6 +269,14 @@ static int do_lock(struct fs_op *o, struct req *rq)
 			r = -ECANCELED;
 			break;
 		}
+		pthread_mutex_lock(&mu);
+		bool gone = l->dead;
+		pthread_mutex_unlock(&mu);
+		if (gone) {
+			why = "the lock session ended";
+			r = -ENOLCK;
+			break;
+		}
 		if (dbx_now_ms() >= deadline) {
 			r = -ETIMEDOUT;
 			break;
@@ -280,17 +288,21 @@ static int do_lock(struct fs_op *o, struct req *rq)
 	}
 	if (counted)
 		atomic_fetch_sub(&waiters, 1);
-	if (r == 0) {
+	{
 		pthread_mutex_lock(&mu);
 		bool dead = l->dead;
 		pthread_mutex_unlock(&mu);
 		/* The session ended while we worked (maybe before our entry existed, so that
-		 * locks_session_end() did not see it): its locks are gone, this one too. */
+		 * locks_session_end() did not see it): its locks are gone, this one too — and on
+		 * every outcome, so an entry created for a dead session never stays behind. */
 		if (dead || !events_session_alive(o->ag, session)) {
-			try_lock(l, F_UNLCK, start, len);
+			if (r == 0)
+				try_lock(l, F_UNLCK, start, len);
 			locks_session_end(o->ag, session);
-			why = "the lock session ended";
-			r = -ENOLCK;
+			if (r == 0 || r == -EAGAIN) {
+				why = "the lock session ended";
+				r = -ENOLCK;
+			}
 		}
 	}
 	lockfd_unref(l);

@@ -573,3 +573,23 @@ def test_batch_many_small_files(fs, workspace):
     for i, r in enumerate(res):
         o, l = r["data"]
         assert rblob[o:o + l] == b"%03d" % i
+
+
+def test_batch_arguments_of_the_wrong_type_fail_the_op(fs, workspace):
+    res, _ = fs.batch([{"op": "write", "path": ["q"], "data": [0, 1]},
+                       {"op": "unlink", "path": {"x": 1}},
+                       {"op": "stat", "path": "."}], b"z")
+    assert res[0]["error"] == "EINVAL" and "path" in res[0]["message"]
+    assert res[1]["error"] == "EINVAL"
+    assert "attr" in res[2]
+    assert not os.path.exists(os.path.join(workspace, "?"))
+
+
+def test_batch_list_entries_are_bounded(fs, workspace):
+    os.mkdir(os.path.join(workspace, "d"))
+    for i in range(3000):
+        open(os.path.join(workspace, "d", "f%d" % i), "w").close()
+    res, _ = fs.batch([{"op": "list", "path": "d"}] * 10)
+    ok = [r for r in res if "entries" in r]
+    assert len(ok) == 7 and all(len(r["entries"]) == 3000 for r in ok)
+    assert all(r.get("error") == "EFBIG" for r in res[7:])
