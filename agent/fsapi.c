@@ -109,18 +109,6 @@ void fs_reply_error_http(struct req *r, int http_status, int err, const char *ms
 	req_reply_raw(r, http_status, "application/json", s, n);
 }
 
-void fs_reply_early(struct req *r, int err, const char *msg)
-{
-	/* The engine keeps a connection usable after an early reply only when it discards the
-	 * body; with BODY_BUFFER/BODY_STREAM still set it waits forever (see the report). */
-	req_set_body(r, BODY_NONE, 0);
-	/* An unread body on a kept-alive connection sometimes stalls the next request (see the
-	 * report): ask the client to open a fresh connection instead. */
-	if (req_content_length(r) > 0)
-		req_add_header(r, "Connection", "close");
-	fs_reply_error(r, err, msg);
-}
-
 void fs_reply_json(struct req *r, cJSON *obj)
 {
 	size_t n;

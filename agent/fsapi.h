@@ -87,8 +87,6 @@ void fs_reply_error(struct req *r, int err, const char *msg);
 void fs_reply_error_http(struct req *r, int http_status, int err, const char *msg);
 void fs_reply_json(struct req *r, cJSON *obj);
 void fs_reply_op(struct req *r, struct fs_op *o); /* error or o->json */
-/* From a prepare() hook: the body is dropped (BODY_NONE), then the error is sent. */
-void fs_reply_early(struct req *r, int err, const char *msg);
 
 /* The generic operations (JSON result): NULL when @name is none of them. */
 typedef int (*fs_op_fn)(struct fs_op *o);

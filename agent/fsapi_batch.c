@@ -166,14 +166,14 @@ int fs_batch_prepare(struct req *r)
 {
 	int64_t clen = req_content_length(r);
 	if (!agent_ctype_is(req_content_type(r), "application/x-dbx-batch")) {
-		fs_reply_early(r, EINVAL, "batch: Content-Type must be application/x-dbx-batch");
+		fs_reply_error(r, EINVAL, "batch: Content-Type must be application/x-dbx-batch");
 		return 1;
 	}
 	if (clen > (int64_t)FS_BATCH_BODY_MAX) {
 		char msg[128];
 		snprintf(msg, sizeof(msg), "batch: body of %lld bytes over the limit (%u MiB)",
 			 (long long)clen, FS_BATCH_BODY_MAX >> 20);
-		fs_reply_early(r, E2BIG, msg);
+		fs_reply_error(r, E2BIG, msg);
 		return 1;
 	}
 	req_set_body(r, BODY_BUFFER, FS_BATCH_BODY_MAX);

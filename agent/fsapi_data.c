@@ -77,7 +77,7 @@ int fs_write_prepare(struct req *r)
 		char msg[160];
 		snprintf(msg, sizeof(msg), "write: body of %lld bytes is over the limit (%llu)",
 			 (long long)clen, (unsigned long long)ag->cfg.max_file_size);
-		fs_reply_early(r, EFBIG, msg);
+		fs_reply_error(r, EFBIG, msg);
 		return 1;
 	}
 	req_set_body(r, BODY_STREAM, ag->cfg.max_file_size);
@@ -580,7 +580,7 @@ int fs_xattr_prepare(struct req *r)
 		char msg[128];
 		snprintf(msg, sizeof(msg), "xattr: value of %lld bytes over the limit (%u)",
 			 (long long)clen, FS_XATTR_MAX);
-		fs_reply_early(r, E2BIG, msg);
+		fs_reply_error(r, E2BIG, msg);
 		return 1;
 	}
 	req_set_body(r, BODY_BUFFER, FS_XATTR_MAX);

@@ -593,3 +593,16 @@ def test_batch_list_entries_are_bounded(fs, workspace):
     ok = [r for r in res if "entries" in r]
     assert len(ok) == 7 and all(len(r["entries"]) == 3000 for r in ok)
     assert all(r.get("error") == "EFBIG" for r in res[7:])
+
+
+def test_early_errors_keep_the_connection_usable(agent):
+    """Refusals sent before the body was read (wrong type, too big) leave the keep-alive
+    connection working for the next request."""
+    c = agent.conn()
+    for i in range(40):
+        st, hd, data = agent.request("POST", "/fs/v1/batch", body=b'{"ops":[]}\n' + b"x" * 11,
+                                     headers={"Content-Type": "text/plain"}, conn=c)
+        assert st == 400 and json.loads(data)["error"] == "EINVAL"
+    st, hd, data = agent.request("GET", "/fs/v1/stat", query={"path": "."}, conn=c)
+    assert st == 200 and json.loads(data)["type"] == "dir"
+    c.close()
