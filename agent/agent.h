@@ -143,7 +143,6 @@ struct agent *req_agent(struct req *r);
 const char *req_path(struct req *r);
 const char *req_param(struct req *r);	      /* the "*" segment, or NULL */
 const char *req_query(struct req *r, const char *name); /* decoded, first wins; NULL if absent */
-bool req_has_query(struct req *r, const char *name);
 /* ?name=true|false and ?name=<decimal> with axum's 400 texts: 0 absent, 1 present (*out
  * set), -1 after the 400 reply. */
 int req_query_bool(struct req *r, const char *name, bool *out);
@@ -151,6 +150,8 @@ int req_query_u64(struct req *r, const char *name, uint64_t *out);
 const char *req_content_type(struct req *r);  /* "" if absent */
 const char *req_accept(struct req *r);	      /* "" if absent */
 int64_t req_content_length(struct req *r);    /* -1 if absent */
+/* The change-event sequence number read just before the handler was dispatched. */
+uint64_t req_seq0(struct req *r);
 const char *req_range(struct req *r);	      /* Range header or NULL */
 const char *req_if_match(struct req *r);      /* If-Match header or NULL */
 /* Any thread, before the reply: adds "name: value" to the reply's headers. */

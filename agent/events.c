@@ -150,19 +150,13 @@ void events_stop(struct agent *ag)
 	free(e);
 }
 
-const char *events_boot(struct agent *ag)
-{
-	(void)ag;
-	return boot_id;
-}
-
 uint64_t events_seq(struct agent *ag)
 {
 	(void)ag;
 	return atomic_load(&seq);
 }
 
-void events_stamp_at(struct req *r, uint64_t at)
+static void events_stamp_at(struct req *r, uint64_t at)
 {
 	char n[24];
 
@@ -173,7 +167,7 @@ void events_stamp_at(struct req *r, uint64_t at)
 
 void events_stamp(struct req *r)
 {
-	events_stamp_at(r, atomic_load(&seq));
+	events_stamp_at(r, req_seq0(r));
 }
 
 bool events_session_alive(struct agent *ag, const char *session)

@@ -11,16 +11,14 @@
 int events_start(struct agent *ag);
 void events_stop(struct agent *ag);
 
-/* Any thread: the boot id (32 hex chars) and the last assigned sequence number. */
-const char *events_boot(struct agent *ag);
+/* Any thread: the last assigned sequence number. */
 uint64_t events_seq(struct agent *ag);
-/* Any thread, before the reply: adds X-Dbx-Boot and X-Dbx-Seq to @r's reply. events_stamp()
- * uses the current seq; events_stamp_at() a seq read with events_seq() BEFORE the operation, which
- * is what "a client that applied events up to n has seen every change the reply reflects" needs:
- * events are numbered by the watcher thread, asynchronously, so a change made by someone else
- * while the operation ran may already have a seq <= the current one without being reflected. */
+/* Any thread, before the reply: adds X-Dbx-Boot and X-Dbx-Seq to @r's reply. The seq is the
+ * one read when the handler was dispatched (req_seq0), before the operation: events are
+ * numbered by the watcher thread asynchronously, so a later seq could include a change made by
+ * someone else that the reply does not reflect. A client that applied events up to it has seen
+ * every change the reply reflects (PROTOCOL.md §1). */
 void events_stamp(struct req *r);
-void events_stamp_at(struct req *r, uint64_t seq);
 /* Any thread: is @session an open lock session (an events WebSocket that is still open)? */
 bool events_session_alive(struct agent *ag, const char *session);
 

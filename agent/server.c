@@ -76,6 +76,7 @@ struct req {
 	int64_t clen;
 	struct dbx_strbuf add_hdrs; /* (mu) "name: value\r\n" lines added before the reply */
 	uint64_t t_start;
+	uint64_t seq0;	       /* event sequence when the handler was dispatched */
 	bool close_after;      /* service thread: close the connection after the reply */
 	bool body_complete;    /* service thread: lws has delivered the whole request body */
 	bool expect_continue;  /* service thread: the client waits for 100 Continue */
@@ -175,11 +176,6 @@ const char *req_query(struct req *r, const char *name)
 	return qargs_get(&r->q, name);
 }
 
-bool req_has_query(struct req *r, const char *name)
-{
-	return req_query(r, name) != NULL;
-}
-
 const char *req_content_type(struct req *r)
 {
 	return r->ctype ? r->ctype : "";
@@ -251,6 +247,11 @@ int req_query_u64(struct req *r, const char *name, uint64_t *out)
 		 "Failed to deserialize query string: %.64s: invalid digit found in string", name);
 	req_reply_text(r, 400, msg);
 	return -1;
+}
+
+uint64_t req_seq0(struct req *r)
+{
+	return r->seq0;
 }
 
 int64_t req_content_length(struct req *r)
@@ -1002,6 +1003,8 @@ static void req_dispatch(struct req *r)
 	 * worker. */
 	if (r->wsi && !(r->bmode == BODY_STREAM && r->clen > 0))
 		lws_set_timeout(r->wsi, NO_PENDING_TIMEOUT, 0);
+	/* Read before the handler touches anything (see events_stamp()). */
+	r->seq0 = events_seq(r->ag);
 	if (r->route->flags & R_INLINE) {
 		r->route->fn(r);
 		return;
