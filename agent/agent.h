@@ -234,6 +234,8 @@ struct ws_handler {
 	void (*message)(struct wsconn *c, const char *data, size_t len, bool binary);
 	void (*close)(struct wsconn *c);
 	size_t msg_max;
+	/* Optional: everything queued was written; the handler may queue more (flow control). */
+	void (*drain)(struct wsconn *c);
 };
 /* Service thread only. Queues one message; returns -ENOBUFS over AGENT_WS_OUT_MAX. */
 int ws_send(struct wsconn *c, bool binary, const void *data, size_t len);

@@ -16,10 +16,13 @@
  * proc goes away earlier: once finished it is purged, and ops->release clears x->p. A client
  * holds a pointer to its record; a record going away detaches (and closes) its clients first.
  *
- * Flow control: output is never paused: each channel's ring keeps the last 8 MiB and a client
- * reads it at its own pace through a cursor, at most CLIENT_QUEUE_MAX bytes queued in lws at a
- * time (lagging clients are topped up by a timer). A client whose cursor fell out of the ring
- * gets a "skipped" frame. stdin goes through a bounded queue drained with non-blocking writes;
+ * Flow control: each channel's ring keeps the last 8 MiB and a client reads it at its own pace
+ * through a cursor, at most CLIENT_QUEUE_MAX bytes queued in lws at a time, topped up when lws
+ * has written everything (the handler's drain hook) and by a timer. While a client is attached,
+ * the child's output is never dropped: once some client lags FLOW_HIWAT bytes behind, the pipes
+ * (or the PTY) are no longer read, so the child blocks on write, as it would under ssh, until
+ * every client is back under FLOW_LOWAT. Without clients the ring just keeps the newest bytes;
+ * a client whose cursor fell out of the ring (it attached late) gets a "skipped" frame. stdin goes through a bounded queue drained with non-blocking writes;
  * above STDIN_HIWAT the WebSocket that sent the data has its rx paused until the queue drains. */
 #include <errno.h>
 #include <signal.h>
@@ -42,12 +45,14 @@
 #define RING_MAX         (8u << 20)          /* per channel */
 #define RING_MIN         (64u << 10)
 #define RING_TOTAL       (256u << 20) /* all rings together: see ring_grow() */
-#define FRAME_DATA_MAX   (64u << 10)  /* output bytes per binary frame */
+#define FRAME_DATA_MAX   (256u << 10) /* output bytes per binary frame */
 #define CLIENT_QUEUE_MAX (2u << 20)   /* bytes queued per client before waiting */
 #define STDIN_HIWAT      (1u << 20)   /* pending stdin: pause the sender above */
 #define STDIN_LOWAT      (256u << 10) /* ... resume below */
 #define STDIN_MSG_MAX    (256u << 10) /* one inbound WebSocket message */
 #define PUMP_MS          10           /* lagging clients: top-up interval */
+#define FLOW_HIWAT       (4u << 20)   /* a client this far behind pauses the child's output */
+#define FLOW_LOWAT       (1u << 20)   /* ... until every client is back under this */
 #define STDIN_RETRY_MS   10           /* stdin full: retry interval */
 #define SWEEP_SECS       30
 #define MAX_TIMEOUT      (10ll * 365 * 24 * 3600)
@@ -73,6 +78,7 @@ struct xexec {
 	bool signaled;
 	int status;     /* exit code, or the signal number when signaled */
 	bool slot_held; /* counted in live_execs */
+	bool out_paused; /* reading the child's output is paused for a lagging client */
 	struct timespec start, end;
 	uint64_t end_ms;
 	struct ring ring[2]; /* stdout, stderr */
@@ -347,6 +353,27 @@ static bool pump(struct xclient *cl)
 	return true;
 }
 
+/* Backpressure: pause the child's output while a client lags FLOW_HIWAT behind the newest
+ * byte, resume when all are under FLOW_LOWAT (or gone). */
+static void flow_update(struct xexec *x)
+{
+	uint64_t lag = 0;
+	for (struct xclient *cl = x->clients; cl; cl = cl->next) {
+		if (cl->exit_sent)
+			continue;
+		for (int ch = 0; ch < 2; ch++) {
+			uint64_t l = x->ring[ch].next - cl->cur[ch];
+			if (l > lag)
+				lag = l;
+		}
+	}
+	bool pause = x->out_paused ? lag > FLOW_LOWAT : lag >= FLOW_HIWAT;
+	if (pause == x->out_paused || !x->p)
+		return;
+	x->out_paused = pause;
+	proc_pause_output(x->p, pause);
+}
+
 static void pump_all(struct xexec *x)
 {
 	bool lag = false;
@@ -354,6 +381,7 @@ static void pump_all(struct xexec *x)
 		lag |= !pump(cl);
 	if (lag)
 		schedule_pump();
+	flow_update(x);
 }
 
 static void pump_cb(lws_sorted_usec_list_t *sul)
@@ -1063,13 +1091,26 @@ static void attach_close(struct wsconn *c)
 	struct xclient *cl = ws_data(c);
 	if (!cl)
 		return;
+	struct xexec *x = cl->x;
 	client_detach(cl);
 	ws_set_data(c, NULL);
 	free(cl);
+	if (x)
+		flow_update(x); /* the last lagging client gone: the child may write again */
+}
+
+/* lws wrote everything queued for this client: top it up at once. */
+static void attach_drain(struct wsconn *c)
+{
+	struct xclient *cl = ws_data(c);
+	if (!cl || !cl->x)
+		return;
+	pump(cl);
+	flow_update(cl->x);
 }
 
 const struct ws_handler exec_ws_handler = {"/exec/v1/attach", attach_open, attach_message,
-					   attach_close, STDIN_MSG_MAX};
+					   attach_close, STDIN_MSG_MAX, attach_drain};
 
 /* ---- shutdown ------------------------------------------------------------------------------ */
 

@@ -863,5 +863,9 @@ const struct route fs_routes[] = {
 	{"POST", "/fs/v1/xattr-remove", simple_route, 0, NULL},
 	{"POST", "/fs/v1/lock", fs_lock_route, R_XFER, NULL},
 	{"POST", "/fs/v1/batch", fs_batch_route, R_ANYBODY, fs_batch_prepare},
+	{"GET", "/fs/v1/archive", fs_archive_get_route, R_XFER, NULL},
+	{"POST", "/fs/v1/archive", fs_archive_post_route, R_JSON | R_XFER, fs_archive_post_prepare},
+	{"PUT", "/fs/v1/archive", fs_archive_put_route, R_STREAM, fs_archive_put_prepare},
+	{"GET", "/fs/v1/hashes", fs_hashes_route, R_XFER, NULL},
 	{NULL, NULL, NULL, 0, NULL},
 };

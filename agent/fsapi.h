@@ -112,3 +112,11 @@ int fs_batch_prepare(struct req *r);
 
 /* locks.c */
 void fs_lock_route(struct req *r);
+
+/* fsapi_archive.c */
+void fs_archive_get_route(struct req *r);
+void fs_archive_post_route(struct req *r);
+int fs_archive_post_prepare(struct req *r);
+void fs_archive_put_route(struct req *r);
+int fs_archive_put_prepare(struct req *r);
+void fs_hashes_route(struct req *r);

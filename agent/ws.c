@@ -181,6 +181,8 @@ int ws_callback(struct agent *ag, struct lws *wsi, enum lws_callback_reasons rea
 		free(m);
 		if (w < 0)
 			return -1;
+		if (!c->head && !c->closing && c->h->drain)
+			c->h->drain(c);
 		if (c->head || c->closing)
 			lws_callback_on_writable(wsi);
 		return 0;
