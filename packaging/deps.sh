@@ -10,7 +10,7 @@ pkgs=(
 	libwebsockets-dev libcjson-dev libarchive-dev zlib1g-dev
 	libcurl4-openssl-dev libyaml-dev libxxhash-dev libfuse3-dev fuse3
 	python3 python3-pytest python3-websocket python3-requests python3-xxhash
-	curl wrk iproute2 procps psmisc git tar gzip ca-certificates
+	curl wrk iproute2 procps psmisc git tar gzip ca-certificates rsync
 )
 missing=()
 for p in "${pkgs[@]}"; do

@@ -22,9 +22,11 @@ bool dbx_utf8_valid(const char *s, size_t len, bool allow_trunc_tail);
  * excludes the NUL. NULL on ENOMEM. Caller frees. */
 char *dbx_utf8_lossy(const char *s, size_t len, size_t *ret_len);
 
-/* errno <-> wire name ("ENOENT"). Unknown errno gives "EIO"; unknown name gives EIO. */
-const char *dbx_errno_name(int err);
-int dbx_errno_from_name(const char *name);
+/* errno <-> wire name ("ENOENT"). Unknown errno gives "EIO"; unknown name gives EIO.
+ * Part of libdevbox's public API (devbox/common.h), hence exported; the rest of util is
+ * hidden inside libdevbox.so. */
+__attribute__((visibility("default"))) const char *dbx_errno_name(int err);
+__attribute__((visibility("default"))) int dbx_errno_from_name(const char *name);
 
 /* Monotonic clock in nanoseconds / milliseconds. */
 uint64_t dbx_now_ns(void);

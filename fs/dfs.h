@@ -1,0 +1,406 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * devbox-fs internal contract: the daemon context and the modules' entry points.
+ *
+ * Threads (see main.c for the full model): libfuse workers run the ops (ops.c, io.c); the watch
+ * thread of libdevbox applies change events to the mirror (events.c); one notifier thread
+ * (notify.c) is the only caller of fuse_lowlevel_notify_*; one stats thread writes the counters
+ * file (stats.c).  Lock order, where two are ever held together: mirror.lock -> itab.lock ->
+ * inode.lock.  No lock is held across a remote call except inode.wlock (write buffer) and
+ * mut_lock (shared, by mutations; taken before any other lock).
+ */
+#ifndef DFS_H
+#define DFS_H
+
+#define FUSE_USE_VERSION FUSE_MAKE_VERSION(3, 14)
+#include <fuse_lowlevel.h>
+
+#include <devbox/devbox.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+
+#define DFS_SMALL_FILE   (512u * 1024)  /* fetched whole on first read, cached */
+#define DFS_CACHE_BUDGET (128ull << 20) /* total bytes of whole-file cache */
+#define DFS_WBUF_MAX     (4u << 20)     /* write buffer per inode */
+#define DFS_IO_MAX       (1u << 20)     /* max_read / max_write */
+
+/* ---- logging (main.c) ----------------------------------------------------------------- */
+enum { DFS_ERR, DFS_WARN, DFS_INFO, DFS_DEBUG };
+void dfs_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* ---- small intrusive hash table (util.c) ---------------------------------------------- */
+struct hnode {
+	struct hnode *next;
+	uint64_t hash;
+};
+struct htab {
+	struct hnode **b;
+	size_t nb, n;
+};
+int htab_init(struct htab *t);
+void htab_fini(struct htab *t);
+void htab_add(struct htab *t, struct hnode *n, uint64_t hash);
+void htab_del(struct htab *t, struct hnode *n);
+/* Iterate a bucket: for (h = htab_first(t, hash); h; h = htab_next(h, hash)) */
+struct hnode *htab_first(const struct htab *t, uint64_t hash);
+struct hnode *htab_next(struct hnode *n, uint64_t hash);
+uint64_t hash_str(const char *s, uint64_t seed);
+#define container_of(p, type, member) ((type *)((char *)(p)-offsetof(type, member)))
+
+char *path_join(const char *dir, const char *name); /* "" + "a" = "a"; NULL on ENOMEM */
+const char *path_base(const char *path);
+char *path_dir(const char *path); /* "a/b" -> "a", "a" -> "" */
+uint64_t now_ms(void);
+bool attr_same(const struct dbx_attr *a, const struct dbx_attr *b);
+bool attr_same_content(const struct dbx_attr *a, const struct dbx_attr *b);
+void attr_to_stat(const struct dbx_attr *a, struct stat *st);
+
+/* Open file and directory handles, listed so that those the kernel never released (a stop
+ * while closes were in flight) are freed at exit (util.c). */
+struct dfs_handle {
+	struct dfs_handle *prev, *next;
+	void (*free)(struct dfs_handle *h);
+};
+struct dfs;
+void handle_add(struct dfs *d, struct dfs_handle *h, void (*free_fn)(struct dfs_handle *));
+void handle_del(struct dfs *d, struct dfs_handle *h);
+void handles_free(struct dfs *d);
+
+/* ---- metadata mirror (mirror.c) ------------------------------------------------------- */
+struct ment {
+	struct hnode h; /* mirror.names, keyed by (parent, name) */
+	struct ment *parent;
+	char *name;
+	struct ment *kids, *kids_tail; /* children in readdir order */
+	struct ment *prev, *next;      /* siblings */
+	size_t nkids;
+	struct dbx_attr attr;
+	char *target;        /* symlinks */
+	bool complete;       /* dir: every child is known */
+	bool stale;          /* attrs need a remote refresh (dir changed under it) */
+	bool seen;           /* scratch for mirror_fill_dir */
+	uint64_t seq;        /* event seq this state reflects (events <= it are older) */
+	uint64_t dseq;       /* dir: seq of our last name change in it */
+	uint32_t stale_gen;  /* bumped whenever marked stale: a refresh sent before keeps it */
+	bool refresh_queued; /* a background stat of it is queued (ra.c) */
+	bool own;            /* attr came from the reply to our own change */
+	uint32_t own_gen;    /* bumped by each such reply */
+};
+
+struct mirror {
+	pthread_mutex_t lock; /* everything below and every ment */
+	struct htab names;
+	struct ment *root;
+	uint64_t gen;      /* bumped on every change: ops re-check an answer given meanwhile */
+	struct htab tombs; /* names our own ops removed, with the reply seq (late events) */
+	size_t entries;
+};
+
+int mirror_init(struct mirror *m);
+void mirror_fini(struct mirror *m);
+/* All below: caller holds m->lock. */
+struct ment *mirror_find(struct mirror *m, const char *path);
+/* Sets (creating) path's entry; NULL if the parent is unknown or on ENOMEM. */
+struct ment *mirror_set(struct mirror *m, const char *path, const struct dbx_attr *a,
+			const char *target);
+void mirror_remove(struct mirror *m, const char *path);
+void mirror_detach(struct mirror *m, struct ment *e); /* frees e and its subtree */
+/* Moves from over to (replacing it); exchange swaps the two.  Unknown source: removes to. */
+void mirror_move(struct mirror *m, const char *from, const char *to, bool exchange);
+/* A listing (names + attrs) replacing the children of dir. */
+struct listing {
+	size_t n, cap;
+	struct lent {
+		char *name;
+		struct dbx_attr attr;
+		char *target;
+	} * v;
+	struct dbx_attr dir;
+};
+void listing_free(struct listing *l);
+int listing_add(struct listing *l, const char *name, const struct dbx_attr *a, const char *target);
+int mirror_fill_dir(struct mirror *m, const char *path, const struct listing *l, uint64_t seq);
+/* Loads the tree under "" into m (which must be empty).  ret_seq/ret_boot: the snapshot's
+ * event position. */
+struct dfs;
+int mirror_load(struct dfs *d, struct mirror *m, uint64_t *ret_seq, char ret_boot[33]);
+/* Detaches old root (for resync): moves src's content into dst and leaves src empty. */
+void mirror_swap(struct mirror *a, struct mirror *b);
+/* Tombstones: path removed by our own op at seq (events for it up to seq are older). */
+void mirror_tomb_set(struct mirror *m, const char *path, uint64_t seq);
+uint64_t mirror_tomb_get(struct mirror *m, const char *path);
+char *ment_path(const struct ment *e); /* "" for the root; NULL on ENOMEM */
+/* Marks e's attributes stale and queues a background refresh (caller holds mirror.lock). */
+void mirror_mark_stale(struct dfs *d, struct ment *e);
+
+/* ---- inode table (inode.c) ------------------------------------------------------------ */
+struct wbuf {
+	char *buf;
+	size_t len, cap;
+	uint64_t off;
+};
+
+struct dfs_inode {
+	struct hnode h_id, h_rino, h_path; /* itab hashes */
+	fuse_ino_t nodeid;
+	uint64_t rino;
+	char *path;       /* itab.lock; the last path this inode was reached by */
+	uint64_t nlookup; /* itab.lock */
+	bool rino_hashed, path_hashed;
+	uint32_t mode; /* type bits, fixed */
+
+	pthread_mutex_t lock; /* fields below */
+	struct dbx_attr attr; /* last attr known (used when the mirror has no entry) */
+	char *cache;          /* whole small file */
+	size_t cache_len;
+	char cache_ver[DBX_VER_MAX];
+	char kc_ver[DBX_VER_MAX]; /* version the kernel page cache holds, "" unknown */
+	struct ra *ra;            /* read-ahead slots (ra.c), NULL until a big file is read */
+	int opens;
+	bool posix_locked;
+	bool pinned; /* cache holds the content of a removed open file */
+
+	pthread_mutex_t wlock; /* the write buffer; held across its upload */
+	struct wbuf wb;
+};
+
+struct itab {
+	pthread_mutex_t lock;
+	struct htab by_id, by_rino, by_path;
+	fuse_ino_t next_id;
+	size_t n;
+};
+
+int itab_init(struct itab *t);
+void itab_fini(struct dfs *d);
+/* Finds or creates the inode for (path, attr) and adds one lookup. */
+struct dfs_inode *itab_ref(struct dfs *d, const char *path, const struct dbx_attr *a);
+struct dfs_inode *itab_get(struct dfs *d, fuse_ino_t nodeid); /* borrowed (kernel holds it) */
+void itab_forget(struct dfs *d, fuse_ino_t nodeid, uint64_t n);
+char *itab_path(struct dfs *d, fuse_ino_t nodeid);          /* copy, NULL if unknown (-ENOMEM) */
+fuse_ino_t itab_nodeid_of(struct dfs *d, const char *path); /* 0 if none */
+void itab_rename(struct dfs *d, const char *from, const char *to, bool exchange);
+void itab_repath(struct dfs *d, struct dfs_inode *i, const char *path);
+void itab_unlinked(struct dfs *d, const char *path, const struct dbx_attr *last);
+void inode_set_attr(struct dfs_inode *ino, const struct dbx_attr *a);
+
+/* ---- notifier (notify.c) -------------------------------------------------------------- */
+enum { NQ_ENTRY, NQ_INODE_ATTR, NQ_INODE_DATA };
+int notify_start(struct dfs *d);
+void notify_stop(struct dfs *d);
+/* Queue a kernel invalidation by path (resolved to a nodeid by the notifier). */
+void notify_path(struct dfs *d, int kind, const char *path);
+void notify_nodeid(struct dfs *d, int kind, fuse_ino_t nodeid, const char *name);
+
+/* ---- events (events.c) ---------------------------------------------------------------- */
+int events_start(struct dfs *d, const char *boot, uint64_t since);
+void events_stop(struct dfs *d);
+
+/* ---- echo (echo.c): replaying remote changes through the mount for inotify (-o echo) -- */
+enum {
+	EC_CREATE,
+	EC_MKDIR,
+	EC_SYMLINK,
+	EC_MKFIFO,
+	EC_MODIFY,
+	EC_ATTRIB,
+	EC_UNLINK,
+	EC_RMDIR,
+	EC_RENAME
+};
+int echo_start(struct dfs *d, const char *mnt);
+void echo_stop(struct dfs *d); /* asks the thread to stop */
+void echo_join(struct dfs *d); /* after the session is gone */
+void echo_queue(struct dfs *d, int kind, const char *path, const char *to, const struct dbx_attr *a,
+		const char *target);
+bool echo_req(struct dfs *d, fuse_req_t req);
+/* A lookup made by the echo thread: 1 (*ret: the replayed object's attrs), -ENOENT (pretend
+ * absent so the kernel creates it), 0 (answer normally). */
+int echo_lookup(struct dfs *d, const char *path, struct dbx_attr *ret);
+
+/* ---- stats (stats.c) ------------------------------------------------------------------ */
+enum dfs_op {
+	OP_LOOKUP,
+	OP_FORGET,
+	OP_GETATTR,
+	OP_SETATTR,
+	OP_READLINK,
+	OP_MKNOD,
+	OP_MKDIR,
+	OP_UNLINK,
+	OP_RMDIR,
+	OP_SYMLINK,
+	OP_RENAME,
+	OP_LINK,
+	OP_OPEN,
+	OP_READ,
+	OP_WRITE,
+	OP_FLUSH,
+	OP_RELEASE,
+	OP_FSYNC,
+	OP_OPENDIR,
+	OP_READDIR,
+	OP_READDIRPLUS,
+	OP_RELEASEDIR,
+	OP_STATFS,
+	OP_SETXATTR,
+	OP_GETXATTR,
+	OP_LISTXATTR,
+	OP_REMOVEXATTR,
+	OP_ACCESS,
+	OP_CREATE,
+	OP_GETLK,
+	OP_SETLK,
+	OP_FLOCK,
+	OP_INTERRUPTED,
+	OP__N
+};
+struct dfs_stats {
+	atomic_uint_fast64_t ops[OP__N];
+	atomic_uint_fast64_t remote_calls, remote_errors;
+	atomic_uint_fast64_t lookup_hits, negative_hits, getattr_hits, readdir_hits;
+	atomic_uint_fast64_t readlink_hits, read_cache_hits, read_cache_misses;
+	atomic_uint_fast64_t bytes_read, bytes_written, bytes_fetched, bytes_uploaded;
+	atomic_uint_fast64_t events, events_echo, invalidations, resyncs, stream_downs;
+	atomic_uint_fast64_t echoes_replayed;
+	atomic_uint_fast64_t last_event_seq, agent_seq;
+};
+#define STAT_INC(d, f)    atomic_fetch_add_explicit(&(d)->st.f, 1, memory_order_relaxed)
+#define STAT_ADD(d, f, v) atomic_fetch_add_explicit(&(d)->st.f, (v), memory_order_relaxed)
+const char *dfs_op_name(enum dfs_op op);
+int stats_start(struct dfs *d);
+void stats_stop(struct dfs *d);
+void stats_kick(void); /* async-signal-safe: write the file now */
+
+/* ---- the daemon ----------------------------------------------------------------------- */
+struct nq;      /* notify.c */
+struct ra_pool; /* ra.c */
+struct echo;    /* echo.c */
+
+struct dfs {
+	dbx_client *client;
+	struct fuse_session *se;
+	struct mirror mirror;
+	struct itab itab;
+	struct dfs_stats st;
+	char *box;
+	char *stats_path;
+
+	/* options */
+	bool debug;
+	bool hard;         /* -o hard: no per-op deadline */
+	int op_timeout_ms; /* -o timeout=S (soft) */
+	double ttl;        /* entry/attr timeout while the stream is healthy */
+	double ttl_down;   /* ... while it is down */
+	unsigned max_threads;
+
+	/* Mutating ops hold it shared from their remote call until the mirror has their reply;
+	 * the event thread holds it exclusively while applying an event (writer-preferring). */
+	pthread_rwlock_t mut_lock;
+
+	/* event stream */
+	dbx_watch *watch;
+	atomic_bool healthy;       /* stream up and mirror in sync */
+	atomic_bool mounted;       /* session ready: notifications allowed */
+	pthread_mutex_t sess_lock; /* session below */
+	char session[64];
+	char boot[33];
+	bool had_hello;
+
+	pthread_mutex_t statfs_lock; /* the two below */
+	struct statvfs statfs_copy;
+	uint64_t statfs_at;
+
+	/* cache budget */
+	atomic_uint_fast64_t cache_bytes;
+
+	pthread_mutex_t handles_lock; /* the list below */
+	struct dfs_handle *handles;
+
+	struct nq *nq;
+	struct ra_pool *ra;
+	struct echo *echo;
+	atomic_int echo_tid; /* the echo thread's tid, 0 if none */
+	bool echo_on;        /* -o echo */
+	pthread_t stats_thread;
+	bool stats_running;
+	pthread_mutex_t stats_lock;
+	bool stats_stop;
+	uint64_t start_ms;
+};
+
+extern const struct fuse_lowlevel_ops dfs_ops;
+
+/* ops.c helpers shared with io.c */
+struct opctx {
+	fuse_req_t req;
+	volatile int cancelled;
+};
+void op_begin(struct dfs *d, struct opctx *o, fuse_req_t req, bool may_wait);
+int op_end(struct dfs *d, struct opctx *o, int r);
+double dfs_ttl(struct dfs *d);
+/* Transport failures (timeouts on soft mounts, lost connections) become EIO. */
+int dfs_wire_errno(struct dfs *d, int r);
+uint64_t reply_seq(void); /* X-Dbx-Seq of this thread's last reply, 0 if none */
+/* Current attr of path: mirror when healthy, else a remote stat (refreshing the mirror). */
+int dfs_getattr_path(struct dfs *d, const char *path, struct dbx_attr *ret, char **ret_target,
+		     bool *ret_hit);
+/* Records a mutation's reply in the mirror and marks the parent's attrs stale. */
+void dfs_mirror_update(struct dfs *d, const char *path, const struct dbx_attr *a,
+		       const char *target, bool parent_changed);
+
+/* ra.c: read-ahead for big files */
+int ra_start(struct dfs *d);
+void ra_stop(struct dfs *d);
+/* Answers the read from prefetched chunks (true) or leaves it to the caller (false). */
+bool ra_read(struct dfs *d, fuse_req_t req, struct dfs_inode *i, const char *path, const char *ver,
+	     uint64_t fsize, size_t size, uint64_t off);
+/* A read the caller fetched itself: keep the read-ahead going. */
+void ra_note(struct dfs *d, struct dfs_inode *i, const char *path, const char *ver, uint64_t fsize,
+	     size_t size, uint64_t off);
+void ra_release(struct dfs *d, struct dfs_inode *i); /* after the last close */
+void ra_free(struct dfs_inode *i);
+/* Queues a background stat of path (a directory our own change made stale). */
+void ra_refresh(struct dfs *d, const char *path);
+/* A remote stat of path that leaves the entry stale if it was marked again meanwhile. */
+int dfs_refresh_attr(struct dfs *d, const char *path, struct dbx_attr *ret);
+
+/* ops.c helpers for xattr.c */
+char *dfs_path_of(struct dfs *d, fuse_req_t req, fuse_ino_t ino); /* replies the error itself */
+int dfs_inode_attr(struct dfs *d, fuse_req_t req, fuse_ino_t ino, struct dbx_attr *ret,
+		   bool *ret_hit);
+
+/* xattr.c */
+void dfs_statfs(fuse_req_t req, fuse_ino_t ino);
+void dfs_access(fuse_req_t req, fuse_ino_t ino, int mask);
+void dfs_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value, size_t size,
+		  int flags);
+void dfs_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size);
+void dfs_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size);
+void dfs_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name);
+
+/* io.c */
+void io_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
+void io_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+	       struct fuse_file_info *fi);
+void io_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi);
+void io_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
+	      struct fuse_file_info *fi);
+void io_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
+void io_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
+void io_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi);
+void io_getlk(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi, struct flock *lock);
+void io_setlk(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi, struct flock *lock,
+	      int sleep);
+void io_flock(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi, int op);
+/* Uploads ino's write buffer (caller holds ino->wlock). */
+int io_wb_flush(struct dfs *d, struct dfs_inode *ino, const char *path);
+int io_flush_inode(struct dfs *d, struct dfs_inode *ino);
+void io_drop_cache(struct dfs *d, struct dfs_inode *ino);
+void io_preserve(struct dfs *d, const char *path);
+
+#endif
