@@ -39,7 +39,7 @@ def pid_alive(pid):
     try:
         with open("/proc/%d/stat" % pid) as f:
             data = f.read()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # ESRCH: exiting while being read
         return False
     state = data[data.rindex(")") + 2]
     return state not in "ZX"

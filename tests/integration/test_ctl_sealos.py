@@ -100,7 +100,7 @@ def detail_gets(cp, name):
 def proc_state(pid):
     try:
         s = open("/proc/%d/stat" % pid).read()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
         return None
     return s[s.rindex(")") + 2]
 

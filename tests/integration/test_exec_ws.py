@@ -103,9 +103,12 @@ def test_signal_reaches_the_whole_group(agent):
     assert os.path.exists("/proc/%d" % bg)
     assert kill(agent, x["id"])[0] == 200  # SIGTERM by default
     assert s.until_exit()["signal"] == "SIGTERM"
-    wait_until(lambda: not os.path.exists("/proc/%d" % bg) or
-               open("/proc/%d/stat" % bg).read().split(")")[1].split()[0] == "Z",
-               what="background sleep gone")
+    def gone(pid):
+        try:
+            return open("/proc/%d/stat" % pid).read().split(")")[1].split()[0] == "Z"
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+    wait_until(lambda: gone(bg), what="background sleep gone")
 
 
 def test_unknown_signal_is_an_error_frame(agent):
@@ -301,7 +304,7 @@ def test_shutdown_kills_live_execs(agent_factory):
     def gone(pid):
         try:
             return open("/proc/%d/stat" % pid).read().split(")")[1].split()[0] == "Z"
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):
             return True
     wait_until(lambda: all(gone(p) for p in pids), what="execs killed at shutdown")
 
