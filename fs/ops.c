@@ -617,6 +617,31 @@ static void dfs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *f
 	}
 }
 
+/* chmod/chown to what the object already has change nothing but its ctime, yet tar, cp -a and
+ * rsync issue them for every file they create: those bits of to_set are dropped when the
+ * mirror (current while the event stream is healthy) shows they would change nothing.  Never
+ * with set-id bits, which chown clears. */
+static int setattr_needed(struct dfs *d, const char *path, const struct stat *attr, int to_set)
+{
+	const int ids = FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID;
+	struct dbx_attr a;
+	int r;
+
+	if (!(to_set & (FUSE_SET_ATTR_MODE | ids)) || !atomic_load(&d->healthy))
+		return to_set;
+	pthread_mutex_lock(&d->mirror.lock);
+	r = mirror_answer(d, path, &a, NULL);
+	pthread_mutex_unlock(&d->mirror.lock);
+	if (r != 0 || (a.mode & (S_ISUID | S_ISGID)))
+		return to_set;
+	if ((to_set & FUSE_SET_ATTR_MODE) && (a.mode & 07777) == (attr->st_mode & 07777))
+		to_set &= ~FUSE_SET_ATTR_MODE;
+	if ((to_set & ids) && (!(to_set & FUSE_SET_ATTR_UID) || a.uid == attr->st_uid) &&
+	    (!(to_set & FUSE_SET_ATTR_GID) || a.gid == attr->st_gid))
+		to_set &= ~ids;
+	return to_set;
+}
+
 static void dfs_setattr_locked(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
 			       struct fuse_file_info *fi)
 {
@@ -646,6 +671,7 @@ static void dfs_setattr_locked(fuse_req_t req, fuse_ino_t ino, struct stat *attr
 		if (r < 0)
 			goto out;
 	}
+	to_set = setattr_needed(d, path, attr, to_set);
 	op_begin(d, &o, req, false);
 	if (to_set & FUSE_SET_ATTR_MODE) {
 		REMOTE(d);

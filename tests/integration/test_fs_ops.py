@@ -246,6 +246,33 @@ def test_setattr(fs_mount):
     assert os.stat(m.w("f")).st_mtime_ns == 1400000000000000005
 
 
+
+def test_noop_chmod_chown_cost_no_round_trip(fs_mount):
+    """tar, cp -a and rsync chmod/chown every file they create, mostly to what it already has:
+    those are answered without the agent; real changes (and set-id bits) still reach it."""
+    m = fs_mount
+    with open(m.p("n"), "w") as f:
+        f.write("x")
+    os.chmod(m.p("n"), 0o640)
+    st = os.stat(m.w("n"))
+    poll(lambda: m.stats()["events"]["lag"] == 0, what="event stream caught up")
+    s0 = m.stats()
+    os.chmod(m.p("n"), 0o640)
+    os.chown(m.p("n"), st.st_uid, st.st_gid)
+    os.chown(m.p("n"), -1, st.st_gid)
+    s1 = m.stats()
+    assert s1["remote_calls"] == s0["remote_calls"], (s0, s1)
+    assert stat.S_IMODE(os.stat(m.p("n")).st_mode) == 0o640
+    os.chmod(m.p("n"), 0o600)
+    assert stat.S_IMODE(os.stat(m.w("n")).st_mode) == 0o600
+    os.chown(m.p("n"), 4321, -1)
+    assert os.stat(m.w("n")).st_uid == 4321
+    assert m.stats()["remote_calls"] == s1["remote_calls"] + 2
+    # chown clears set-id bits even when the owner stays: never skipped
+    os.chmod(m.p("n"), 0o2750)
+    os.chown(m.p("n"), 4321, st.st_gid)
+    assert stat.S_IMODE(os.stat(m.w("n")).st_mode) == stat.S_IMODE(os.stat(m.p("n")).st_mode)
+
 def test_xattrs(fs_mount):
     m = fs_mount
     with open(m.p("f"), "w") as f:
