@@ -143,8 +143,8 @@ static bool is_fuse_type(const char *t)
 	return !strcmp(t, "fuse") || !strncmp(t, "fuse.", 5);
 }
 
-/* devbox-fs mounts with subtype "devbox" and fsname "devbox:BOX"; started as a mount helper
- * (`mount -t fuse.devbox-fs`) the type may carry the helper's name instead. */
+/* devbox-fs mounts with subtype "devbox-fs" (earlier builds: "devbox") and fsname
+ * "devbox:BOX"; started by mount.fuse3 the source may be the BOX argument as given. */
 static bool is_devbox_mount(const struct mnt *m)
 {
 	return !strcmp(m->fstype, "fuse.devbox") || !strcmp(m->fstype, "fuse.devbox-fs") ||

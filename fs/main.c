@@ -414,7 +414,7 @@ int main(int argc, char **argv)
 
 	char *fsname = NULL;
 
-	if (asprintf(&fsname, "fsname=devbox:%s,subtype=devbox,max_read=%u", c.box, DFS_IO_MAX) <
+	if (asprintf(&fsname, "fsname=devbox:%s,subtype=devbox-fs,max_read=%u", c.box, DFS_IO_MAX) <
 		    0 ||
 	    fuse_opt_add_arg(&args, argv[0]) < 0 || fuse_opt_add_arg(&args, "-o") < 0 ||
 	    fuse_opt_add_arg(&args, fsname) < 0 ||

@@ -113,7 +113,7 @@ def test_mount_list_stats_umount(ctl, tmp_path, workspace):
     state = tmp_path / "state"
     assert info["log"] == str(state / "devbox-fs" / (d.lstrip("/").replace("/", "_") + ".log"))
     assert not (state / "devbox").exists()
-    assert mount_type(d) in ("fuse.devbox", "fuse.devbox-fs")
+    assert mount_type(d) == "fuse.devbox-fs"
     assert daemons_for(d) == [pid]
     # The token reaches the daemon through its environment, never its command line.
     with open("/proc/%d/cmdline" % pid, "rb") as f:
