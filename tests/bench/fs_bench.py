@@ -11,6 +11,7 @@ Runs as root (mounts, drop_caches). Peers, each over its own copy of the same da
   sshfs        sshfs against a private sshd on 127.0.0.1 (key auth; ctl_bench.Sshd), defaults
   sshfs-cache  sshfs with aggressive caching (kernel_cache, 1 h dcache and kernel TTLs, ...)
   devbox-fs    devbox-fs against a devbox-agent serving the directory
+  dfs-async    the same with -o async_close (opt-in: close() does not wait for the upload)
 For an --rtt above 0 the remote peers (sshfs, devbox-fs) reach sshd/agent through
 bench-delay-proxy (tests/bench/delay_proxy.c), which holds every chunk for RTT/2 each way and
 caps the link at --bw-mbit; the RTT (TCP ping) and the link bandwidth (one TCP stream each way)
@@ -437,18 +438,19 @@ class Sshfs(Peer):
 class DevboxFs(Peer):
     remote = True
 
-    def __init__(self, tmp, build, token_file):
-        super().__init__("devbox-fs", tmp)
+    def __init__(self, tmp, build, token_file, name="devbox-fs", opts=""):
+        super().__init__(name, tmp)
         self.binary = os.path.join(build, "fs", "devbox-fs")
         self.token_file = token_file
-        self.statsfile = os.path.join(tmp, "devbox-fs-stats.json")
+        self.statsfile = os.path.join(tmp, name + "-stats.json")
+        self.opts = opts
         self.port = None
 
     def _argv(self):
         if not os.path.exists(self.binary):
             raise Unavailable("%s not built" % self.binary)
-        return [self.binary, "-f", "-o", "stats=" + self.statsfile, "--token-file",
-                self.token_file, "http://127.0.0.1:%d" % self.port, self.mnt]
+        return [self.binary, "-f", "-o", "stats=" + self.statsfile + self.opts,
+                "--token-file", self.token_file, "http://127.0.0.1:%d" % self.port, self.mnt]
 
     def stats(self):
         """The daemon's counters, fresh (SIGUSR1 makes it rewrite the file at once)."""
@@ -863,7 +865,8 @@ def find_num(obj, *keys):
 
 
 # ------------------------------------------------------------------------------ report
-PEERS = ["native", "passthrough", "sshfs", "sshfs-cache", "devbox-fs"]
+PEERS = ["native", "passthrough", "sshfs", "sshfs-cache", "devbox-fs", "dfs-async"]
+DFS_PEERS = ("devbox-fs", "dfs-async")  # dfs-async: devbox-fs -o async_close (opt-in)
 
 
 def fmt_val(r, unit=None):
@@ -897,11 +900,11 @@ def ratio(a, b):
     return v, "~" if "~" in (ba, bb) else ""
 
 
-def targets_for(wl, rtt, link):
-    """(description, check(peers_dict) -> (ok, note)) for devbox-fs, or None."""
+def targets_for(wl, rtt, link, me="devbox-fs"):
+    """(description, check(peers_dict) -> (ok, note)) for the devbox-fs peer `me`, or None."""
     def vs(peer, limit, le=True):
         def check(p):
-            v, b = ratio(p.get("devbox-fs"), p.get(peer))
+            v, b = ratio(p.get(me), p.get(peer))
             if v is None:
                 return None, ""
             if le:
@@ -928,7 +931,7 @@ def targets_for(wl, rtt, link):
         bw = link[direction] if link else None
 
         def check(p):
-            r = p.get("devbox-fs")
+            r = p.get(me)
             if not r or "median" not in r or not bw:
                 return None, ""
             return r["median"] >= 0.8 * bw, "%.0f%% of link" % (100 * r["median"] / bw)
@@ -937,7 +940,7 @@ def targets_for(wl, rtt, link):
         lim = 10 if rtt == 0 else rtt + 10
 
         def check(p):
-            r = p.get("devbox-fs")
+            r = p.get(me)
             if not r or "trials" not in r:
                 return None, ""
             if r["stale"]:
@@ -945,6 +948,10 @@ def targets_for(wl, rtt, link):
             return r["max"] <= lim, "max %.1f ms" % r["max"]
         return "<= %g ms, never stale" % lim, check
     return None
+
+
+# rows where -o async_close changes what devbox-fs does (closes, setattrs after writes)
+ASYNC_ROWS = ("create+write 4 KiB", "untar", "make -j2", "atomic save", "seq write+fsync")
 
 
 def build_table(res):
@@ -977,6 +984,9 @@ def build_table(res):
                 ok, note = t[1](vals)
                 verdict = {True: "ok", False: "MISS", None: "?"}[ok] + (
                     " (%s)" % note if note else "")
+                ok_a, note_a = targets_for(wl, rtt, link, "dfs-async")[1](vals)
+                if ok_a is not None and (ok_a != ok or wl in ASYNC_ROWS):
+                    verdict += "; async %s (%s)" % ({True: "ok", False: "MISS"}[ok_a], note_a)
                 row += "  %-24s %s" % (t[0], verdict)
                 if ok is False:
                     misses.append((rtt_key, wl, t[0], note))
@@ -1097,7 +1107,8 @@ def main():
            "build": args.build, "rtt": {}}
     res["config"]["bw_mbit"] = args.bw_mbit
     t_start = time.perf_counter()
-    sshd = agent = None
+    sshd = None
+    agents = {}
     try:
         print("preparing data in %s ..." % tmp, flush=True)
         src = os.path.join(tmp, "src")
@@ -1119,24 +1130,29 @@ def main():
                 peers["sshfs-cache"] = Sshfs(tmp, sshd, True)
             except (SystemExit, Exception) as e:
                 unavailable["sshfs"] = unavailable["sshfs-cache"] = "sshd: %s" % e
-        dfs = DevboxFs(tmp, args.build, token_file)
-        peers["devbox-fs"] = dfs
+        peers["devbox-fs"] = DevboxFs(tmp, args.build, token_file)
+        peers["dfs-async"] = DevboxFs(tmp, args.build, token_file, "dfs-async",
+                                      ",async_close")
         for name, p in peers.items():
             if name in want:
                 copy_dataset(src, p.backing)
         agent_bin = os.path.join(args.build, "agent", "devbox-agent")
-        if "devbox-fs" in want:
-            agent = PROCS.add(subprocess.Popen(
-                [agent_bin, "--addr=127.0.0.1:0", "--workspace-path=" + dfs.backing,
+        agent_ports = {}
+        for name in DFS_PEERS:
+            if name not in want:
+                continue
+            a = agents[name] = PROCS.add(subprocess.Popen(
+                [agent_bin, "--addr=127.0.0.1:0", "--workspace-path=" + peers[name].backing,
                  "--token=" + TOKEN, "--max-file-size=%d" % (4 << 30)],
-                stdout=subprocess.PIPE, stderr=open(os.path.join(tmp, "agent.log"), "wb"),
+                stdout=subprocess.PIPE,
+                stderr=open(os.path.join(tmp, "agent-%s.log" % name), "wb"),
                 stdin=subprocess.DEVNULL))
-            m = re.match(r"listening on \S+:(\d+)", agent.stdout.readline().decode())
+            m = re.match(r"listening on \S+:(\d+)", a.stdout.readline().decode())
             if not m:
-                unavailable["devbox-fs"] = "agent did not start"
+                unavailable[name] = "agent did not start"
             else:
-                agent_port = int(m.group(1))
-                threading.Thread(target=lambda: [None for _ in agent.stdout],
+                agent_ports[name] = int(m.group(1))
+                threading.Thread(target=lambda a=a: [None for _ in a.stdout],
                                  daemon=True).start()
 
         if not args.no_micro:
@@ -1166,13 +1182,13 @@ def main():
                     sport = sshd.port
                 for n in ("sshfs", "sshfs-cache"):
                     peers[n].port = sport
-            if agent and "devbox-fs" not in unavailable:
+            for name, agent_port in agent_ports.items():
                 if rtt > 0:
                     pp, aport = start_proxy(args.build, agent_port, rtt, args.bw_mbit)
                     proxies.append(pp)
                 else:
                     aport = agent_port
-                dfs.port = aport
+                peers[name].port = aport
             for name in PEERS:
                 if name not in want:
                     continue
@@ -1184,7 +1200,8 @@ def main():
                     sec["peers"][name] = dict(local_done[name], reused_from_rtt=
                                               local_done[name + "@"])
                     continue
-                r = run_peer(p, cfg, tarball, rtt, stats_peer=p if p is dfs else None)
+                r = run_peer(p, cfg, tarball, rtt,
+                             stats_peer=p if name in DFS_PEERS else None)
                 sec["peers"][name] = r
                 if not p.remote:
                     local_done[name], local_done[name + "@"] = r, key
@@ -1196,8 +1213,10 @@ def main():
         res["interrupted"] = True
     finally:
         PROCS.cleanup()
-        if agent and agent.returncode not in (0, None):
-            print("warning: the agent exited with status %s" % agent.returncode, file=sys.stderr)
+        for name, a in agents.items():
+            if a.returncode not in (0, None):
+                print("warning: the agent of %s exited with status %s" % (name, a.returncode),
+                      file=sys.stderr)
         shutil.rmtree(tmp, ignore_errors=True)
     res["elapsed_s"] = time.perf_counter() - t_start
     table, misses = build_table(res)
