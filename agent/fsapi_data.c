@@ -19,6 +19,9 @@
 #include "misc.h"
 #include "path.h"
 
+/* Plain writes up to this size run on the service thread (fs_write_prepare()). */
+#define FS_INLINE_WRITE_MAX (64u << 10)
+
 /* ---- sources --------------------------------------------------------------------------------- */
 
 static ssize_t mem_read(void *ctx, void *buf, size_t len)
@@ -79,6 +82,17 @@ int fs_write_prepare(struct req *r)
 			 (long long)clen, (unsigned long long)ag->cfg.max_file_size);
 		fs_reply_error(r, EFBIG, msg);
 		return 1;
+	}
+	/* A small plain write (no truncate, fsync or temp file, which may take long) is a few
+	 * microseconds of pwrite into the page cache: buffer its body and run it on the service
+	 * thread, sparing the worker hand-offs that would cost more than the write itself. */
+	const char *t = req_query(r, "truncate"), *s = req_query(r, "fsync"),
+		   *at = req_query(r, "atomic");
+	if (clen >= 0 && clen <= FS_INLINE_WRITE_MAX && (!t || !strcmp(t, "0")) &&
+	    (!s || !strcmp(s, "0")) && (!at || !strcmp(at, "0"))) {
+		req_set_body(r, BODY_BUFFER, FS_INLINE_WRITE_MAX);
+		req_run_inline(r);
+		return 0;
 	}
 	req_set_body(r, BODY_STREAM, ag->cfg.max_file_size);
 	return 0;

@@ -81,11 +81,13 @@ struct req {
 	bool body_complete;    /* service thread: lws has delivered the whole request body */
 	bool expect_continue;  /* service thread: the client waits for 100 Continue */
 	bool dispatched;       /* service thread */
+	bool run_inline;       /* service thread: req_run_inline() */
 
 	/* request body */
 	enum body_mode bmode;
 	uint64_t blimit;
 	struct dbx_strbuf body; /* BODY_BUFFER: service thread until dispatch, then read-only */
+	size_t body_off;	/* BODY_BUFFER: what req_body_next() handed out */
 	size_t accounted;	/* bytes counted in ag->buffered_bytes */
 	bool body_over;		/* service thread: the limit was hit */
 	cJSON *json;
@@ -629,6 +631,11 @@ void req_set_body(struct req *r, enum body_mode mode, uint64_t limit)
 	r->blimit = limit;
 }
 
+void req_run_inline(struct req *r)
+{
+	r->run_inline = true;
+}
+
 static void resume_cb(void *arg)
 {
 	struct req *r = arg;
@@ -682,6 +689,15 @@ static int body_pop(struct req *r, struct chunk **ret)
 
 ssize_t req_body_next(struct req *r, const void **ret_data, size_t max)
 {
+	if (r->bmode == BODY_BUFFER) {
+		size_t n = r->body.len - r->body_off;
+
+		if (n > max)
+			n = max;
+		*ret_data = r->body.data + r->body_off;
+		r->body_off += n;
+		return (ssize_t)n;
+	}
 	struct chunk *c = r->in_cur;
 	if (!c || c->off == c->len) {
 		free(c);
@@ -1005,7 +1021,7 @@ static void req_dispatch(struct req *r)
 		lws_set_timeout(r->wsi, NO_PENDING_TIMEOUT, 0);
 	/* Read before the handler touches anything (see events_stamp()). */
 	r->seq0 = events_seq(r->ag);
-	if (r->route->flags & R_INLINE) {
+	if ((r->route->flags & R_INLINE) || r->run_inline) {
 		r->route->fn(r);
 		return;
 	}
