@@ -34,7 +34,15 @@ struct ring_ent {
 	uint64_t seq;
 	char *json; /* the whole frame, seq included */
 	size_t len;
+	char *data; /* base64 content of a small file (EVENTS_DATA_FILE_MAX), or NULL */
+	size_t dlen;
 };
+
+/* Content in events (PROTOCOL.md §3, `data=1`): the ring keeps at most this much of it; the
+ * oldest entries lose theirs first (their frames stay valid without it). */
+#define EVENTS_DATA_RING_MAX (16u << 20)
+/* Versions written through the API (PUT write, batch): their bytes are the writer's already. */
+#define OWN_VERSIONS 512
 
 struct events {
 	struct agent *ag;
@@ -43,6 +51,8 @@ struct events {
 	struct ring_ent *ring;   /* indexed by seq % ring_cap */
 	size_t ring_cap;
 	uint64_t oldest;          /* first seq the ring still holds (last + 1 when empty) */
+	size_t data_bytes;        /* (ring_mu) base64 bytes held in ring[].data */
+	uint64_t data_oldest;     /* (ring_mu) no entry before this seq holds data */
 	atomic_bool post_pending; /* a deliver_posted() is queued for the service thread */
 };
 
@@ -51,8 +61,21 @@ struct evclient {
 	struct wsconn *c;
 	uint64_t next_seq; /* the next event this client gets (service thread) */
 	bool closing;
+	bool want_data; /* asked for file content in events (data=1) */
 	char session[SESSION_LEN + 1];
 };
+
+static atomic_int data_clients; /* open clients with want_data */
+
+struct own_version {
+	uint64_t ino, size;
+	int64_t mtime_sec;
+	long mtime_nsec;
+	bool busy; /* the write is under way: no version of ino has content in events */
+};
+static pthread_mutex_t own_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct own_version own[OWN_VERSIONS]; /* (own_mu) a ring of the latest */
+static uintptr_t own_next;                   /* (own_mu) slots used so far */
 
 static char boot_id[33];
 static atomic_uint_fast64_t seq; /* last assigned; written under ring_mu */
@@ -143,8 +166,10 @@ void events_stop(struct agent *ag)
 		return;
 	watcher_stop(e->watcher);
 	E = NULL;
-	for (size_t i = 0; i < e->ring_cap; i++)
+	for (size_t i = 0; i < e->ring_cap; i++) {
 		free(e->ring[i].json);
+		free(e->ring[i].data);
+	}
 	free(e->ring);
 	pthread_mutex_destroy(&e->ring_mu);
 	free(e);
@@ -188,6 +213,66 @@ bool events_session_alive(struct agent *ag, const char *session)
 	return alive;
 }
 
+/* ---- content in events ---------------------------------------------------------------- */
+
+size_t events_data_max(void)
+{
+	return atomic_load(&data_clients) > 0 ? EVENTS_DATA_FILE_MAX : 0;
+}
+
+static bool own_same(const struct own_version *v, const struct stat *st)
+{
+	return v->ino == (uint64_t)st->st_ino && v->size == (uint64_t)st->st_size &&
+	       v->mtime_sec == (int64_t)st->st_mtim.tv_sec && v->mtime_nsec == st->st_mtim.tv_nsec;
+}
+
+uintptr_t events_write_begin(const struct stat *st)
+{
+	uintptr_t token;
+
+	if (!S_ISREG(st->st_mode) || atomic_load(&data_clients) == 0)
+		return 0;
+	pthread_mutex_lock(&own_mu);
+	own[own_next % OWN_VERSIONS] = (struct own_version){.ino = (uint64_t)st->st_ino,
+							    .busy = true};
+	token = ++own_next;
+	pthread_mutex_unlock(&own_mu);
+	return token;
+}
+
+void events_write_end(uintptr_t token, const struct stat *st)
+{
+	if (!token)
+		return;
+	pthread_mutex_lock(&own_mu);
+	/* Unless OWN_VERSIONS later writes took the slot meanwhile. */
+	if (own_next - (token - 1) <= OWN_VERSIONS) {
+		struct own_version *v = &own[(token - 1) % OWN_VERSIONS];
+
+		if (st)
+			*v = (struct own_version){(uint64_t)st->st_ino, (uint64_t)st->st_size,
+						  (int64_t)st->st_mtim.tv_sec, st->st_mtim.tv_nsec,
+						  false};
+		else
+			*v = (struct own_version){0};
+	}
+	pthread_mutex_unlock(&own_mu);
+}
+
+bool events_written_by_api(const struct stat *st)
+{
+	bool found = false;
+
+	pthread_mutex_lock(&own_mu);
+	for (size_t i = 0; i < OWN_VERSIONS && i < own_next && !found; i++) {
+		const struct own_version *v = &own[(own_next - 1 - i) % OWN_VERSIONS];
+
+		found = v->busy ? v->ino == (uint64_t)st->st_ino : own_same(v, st);
+	}
+	pthread_mutex_unlock(&own_mu);
+	return found;
+}
+
 /* ---- the ring (watcher thread) ------------------------------------------------------- */
 
 static void deliver_posted(void *arg);
@@ -198,8 +283,9 @@ static void wake_service(struct events *e)
 		work_post(e->ag->pool, deliver_posted, NULL);
 }
 
-/* Stores @body ("{...}" without seq, @blen chars) as the frame of the next seq. ring_mu held. */
-static void ring_put(struct events *e, const char *body, size_t blen)
+/* Stores @body ("{...}" without seq, @blen chars) as the frame of the next seq, with @data
+ * (base64, taken over; may be NULL). ring_mu held. */
+static void ring_put(struct events *e, const char *body, size_t blen, char *data)
 {
 	uint64_t s = atomic_load(&seq) + 1;
 	struct ring_ent *re = &e->ring[s % e->ring_cap];
@@ -213,21 +299,49 @@ static void ring_put(struct events *e, const char *body, size_t blen)
 	memcpy(json + hl, body + 1, blen - 1);
 	json[(size_t)hl + blen - 1] = '\0';
 	free(re->json);
+	if (re->data)
+		e->data_bytes -= re->dlen;
+	free(re->data);
 	re->seq = s;
 	re->json = json;
 	re->len = (size_t)hl + blen - 1;
+	re->data = data;
+	re->dlen = data ? strlen(data) : 0;
+	e->data_bytes += re->dlen;
 	if (s >= e->ring_cap + e->oldest)
 		e->oldest = s - e->ring_cap + 1;
+	/* Over budget: the oldest entries drop their content. */
+	if (e->data_oldest < e->oldest)
+		e->data_oldest = e->oldest;
+	while (e->data_bytes > EVENTS_DATA_RING_MAX && e->data_oldest <= s) {
+		struct ring_ent *o = &e->ring[e->data_oldest % e->ring_cap];
+
+		if (o->data) {
+			e->data_bytes -= o->dlen;
+			free(o->data);
+			o->data = NULL;
+			o->dlen = 0;
+		}
+		e->data_oldest++;
+	}
 	atomic_store(&seq, s);
 }
 
 void events_publish(struct events *e, cJSON *const *objs, size_t n)
 {
 	char **bodies = calloc(n ? n : 1, sizeof(*bodies));
+	char **datas = calloc(n ? n : 1, sizeof(*datas));
 
-	if (!bodies)
+	if (!bodies || !datas)
 		abort();
 	for (size_t i = 0; i < n; i++) {
+		cJSON *d = cJSON_DetachItemFromObjectCaseSensitive(objs[i], "data");
+
+		if (cJSON_IsString(d)) {
+			datas[i] = d->valuestring; /* taken over */
+			d->valuestring = NULL;
+		}
+		cJSON_Delete(d);
 		cJSON_AddStringToObject(objs[i], "boot", boot_id);
 		bodies[i] = cJSON_PrintUnformatted(objs[i]);
 		if (!bodies[i])
@@ -235,11 +349,12 @@ void events_publish(struct events *e, cJSON *const *objs, size_t n)
 	}
 	pthread_mutex_lock(&e->ring_mu);
 	for (size_t i = 0; i < n; i++)
-		ring_put(e, bodies[i], strlen(bodies[i]));
+		ring_put(e, bodies[i], strlen(bodies[i]), datas[i]);
 	pthread_mutex_unlock(&e->ring_mu);
 	for (size_t i = 0; i < n; i++)
 		free(bodies[i]);
 	free(bodies);
+	free(datas);
 	if (n)
 		wake_service(e);
 }
@@ -282,8 +397,35 @@ static void client_pump(struct events *e, struct evclient *cl)
 		why = "events lost: client too slow";
 	while (!why && cl->next_seq <= last) {
 		const struct ring_ent *re = &e->ring[cl->next_seq % e->ring_cap];
-		if (ws_queued(cl->c) + re->len > client_max ||
-		    ws_send(cl->c, false, re->json, re->len) < 0) {
+		const char *frame = re->json;
+		size_t len = re->len;
+		char *with = NULL;
+
+		if (cl->want_data && re->data) {
+			/* "...}" becomes "...,"data":"<base64>"}" */
+			static const char key[] = ",\"data\":\"";
+
+			len = re->len - 1 + sizeof(key) - 1 + re->dlen + 2;
+			with = malloc(len);
+			if (with) {
+				char *p = with;
+
+				memcpy(p, re->json, re->len - 1);
+				p += re->len - 1;
+				memcpy(p, key, sizeof(key) - 1);
+				p += sizeof(key) - 1;
+				memcpy(p, re->data, re->dlen);
+				p += re->dlen;
+				memcpy(p, "\"}", 2);
+				frame = with;
+			} else {
+				len = re->len; /* the content is optional */
+			}
+		}
+		int r = ws_queued(cl->c) + len > client_max ? -ENOBUFS
+							    : ws_send(cl->c, false, frame, len);
+		free(with);
+		if (r < 0) {
 			why = "client too slow";
 			break;
 		}
@@ -338,6 +480,8 @@ static void ev_open(struct wsconn *c)
 		return;
 	}
 	cl->c = c;
+	const char *qd = ws_query(c, "data");
+	cl->want_data = qd && strcmp(qd, "1") == 0;
 	dbx_random_id(cl->session, SESSION_LEN);
 	if (e)
 		pthread_mutex_lock(&e->ring_mu);
@@ -363,6 +507,8 @@ static void ev_open(struct wsconn *c)
 	cl->next = clients;
 	clients = cl;
 	pthread_mutex_unlock(&sess_mu);
+	if (cl->want_data)
+		atomic_fetch_add(&data_clients, 1);
 	ws_set_data(c, cl);
 
 	hello = cJSON_CreateObject();
@@ -404,6 +550,8 @@ static void ev_close(struct wsconn *c)
 	}
 	pthread_mutex_unlock(&sess_mu);
 	ws_set_data(c, NULL);
+	if (cl->want_data)
+		atomic_fetch_sub(&data_clients, 1);
 	locks_session_end(ws_agent(c), cl->session);
 	free(cl);
 }

@@ -4,8 +4,12 @@
  * and the /fs/v1/events WebSocket clients. Threads: events_stamp() and events_session_alive()
  * may be called from any thread; the rest from the service thread. See PROTOCOL.md §3. */
 #pragma once
+#include <sys/stat.h>
 
 #include "agent.h"
+
+/* Files up to this size travel with their create/modify events to clients that asked (data=1). */
+#define EVENTS_DATA_FILE_MAX (64u << 10)
 
 /* Service thread, after the vhost exists / before the context is destroyed. */
 int events_start(struct agent *ag);
@@ -19,6 +23,11 @@ uint64_t events_seq(struct agent *ag);
  * someone else that the reply does not reflect. A client that applied events up to it has seen
  * every change the reply reflects (PROTOCOL.md §1). */
 void events_stamp(struct req *r);
+/* Any thread, around a write through the API to the file @st: while it runs, and for the
+ * version it leaves (@st at the end, NULL if it failed), events carry no content: the client
+ * has the bytes.  begin returns a token for end (0: nothing to do). */
+uintptr_t events_write_begin(const struct stat *st);
+void events_write_end(uintptr_t token, const struct stat *st);
 /* Any thread: is @session an open lock session (an events WebSocket that is still open)? */
 bool events_session_alive(struct agent *ag, const char *session);
 

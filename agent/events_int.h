@@ -6,6 +6,8 @@
 #pragma once
 
 #include <cjson/cJSON.h>
+#include <stdbool.h>
+#include <sys/stat.h>
 
 #include "agent.h"
 
@@ -17,6 +19,12 @@ struct watcher;
  * caller's. */
 void events_publish(struct events *e, cJSON *const *objs, size_t n);
 void events_publish_overflow(struct events *e);
+/* Watcher thread: the largest file whose content goes into its event (0: no client wants
+ * content), and whether @st is a version written through the API (then none goes). An
+ * event object may carry the content as a "data" string (base64); events_publish() keeps it
+ * beside the frame and sends it only to the clients that asked. */
+size_t events_data_max(void);
+bool events_written_by_api(const struct stat *st);
 
 /* Service thread: start the watcher thread over the workspace of @ag / stop and free it
  * (joins the thread; NULL-safe). */

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "base64.h"
 #include "files.h"
 #include "misc.h"
 #include "multipart.h"
@@ -148,69 +149,6 @@ int files_upload_prepare(struct req *r)
 /* ---- JSON mode --------------------------------------------------------------------------------
  */
 
-static int b64val(unsigned char c)
-{
-	if (c >= 'A' && c <= 'Z')
-		return c - 'A';
-	if (c >= 'a' && c <= 'z')
-		return c - 'a' + 26;
-	if (c >= '0' && c <= '9')
-		return c - '0' + 52;
-	if (c == '+')
-		return 62;
-	if (c == '/')
-		return 63;
-	return -1;
-}
-
-/* Standard alphabet, padding required, no whitespace, canonical trailing bits (like Rust's
- * base64::STANDARD). On error *why describes it. */
-static int b64_decode(const char *s, size_t n, unsigned char *out, size_t *ret_len, char *why,
-		      size_t whysz)
-{
-	size_t o = 0;
-	if (n % 4) {
-		snprintf(why, whysz, "Invalid input length %zu (not a multiple of 4)", n);
-		return -EINVAL;
-	}
-	for (size_t i = 0; i < n; i += 4) {
-		int v[4];
-		int pad = 0;
-		for (int k = 0; k < 4; k++) {
-			unsigned char c = (unsigned char)s[i + k];
-			if (c == '=' && i + 4 == n && k >= 2) {
-				v[k] = 0;
-				pad++;
-				continue;
-			}
-			v[k] = pad ? -1 : b64val(c);
-			if (v[k] < 0) {
-				if (c == '=')
-					snprintf(why, whysz, "Invalid padding, offset %zu",
-						 i + (size_t)k);
-				else
-					snprintf(why, whysz, "Invalid symbol %u, offset %zu", c,
-						 i + (size_t)k);
-				return -EINVAL;
-			}
-		}
-		if ((pad == 1 && (v[2] & 3)) || (pad == 2 && (v[1] & 15))) {
-			snprintf(why, whysz, "Invalid last symbol, offset %zu",
-				 i + 3 - (size_t)pad);
-			return -EINVAL;
-		}
-		unsigned long w = (unsigned long)v[0] << 18 | (unsigned long)v[1] << 12 |
-				  (unsigned long)v[2] << 6 | (unsigned long)v[3];
-		out[o++] = (unsigned char)(w >> 16);
-		if (pad < 2)
-			out[o++] = (unsigned char)(w >> 8);
-		if (pad < 1)
-			out[o++] = (unsigned char)w;
-	}
-	*ret_len = o;
-	return 0;
-}
-
 static int write_all(struct agent *ag, const char *rel, const void *data, size_t len)
 {
 	struct afile af;
@@ -265,7 +203,7 @@ static void write_json(struct req *r)
 			req_reply_errno(r, ENOMEM, "write");
 			goto out;
 		}
-		if (b64_decode(data, len, dec, &len, why, sizeof(why)) < 0) {
+		if (dbx_b64_decode(data, len, dec, &len, why, sizeof(why)) < 0) {
 			req_reply_err(r, ST_INVALID, "Invalid base64: %s", why);
 			goto out;
 		}

@@ -161,6 +161,7 @@ int fs_write_op(struct fs_op *o)
 	uint64_t off;
 	bool trunc, create, excl, atomic, sync;
 	mode_t mode;
+	uintptr_t own = 0;
 	int r = fs_arg_path(o, "path", rel);
 	if (r < 0 || (r = fs_arg_u64(o, "offset", 0, &off)) < 0 ||
 	    (r = fs_arg_bool(o, "truncate", false, &trunc)) < 0 ||
@@ -209,6 +210,7 @@ int fs_write_op(struct fs_op *o)
 		r = fs_fail(o, EINVAL, "write %s: not a regular file", rel);
 		goto out;
 	}
+	own = events_write_begin(&st);
 	if (o->if_match && strcmp(fs_verstr(&st, ver), o->if_match)) {
 		r = fs_fail(o, ESTALE, "write %s: If-Match %.64s", rel, o->if_match);
 		goto out;
@@ -248,6 +250,7 @@ int fs_write_op(struct fs_op *o)
 	}
 	o->json = fs_attr_json(&st, NULL);
 out:
+	events_write_end(own, r < 0 || !o->json ? NULL : &st);
 	if (fd >= 0)
 		close(fd);
 	free(buf);

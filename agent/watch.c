@@ -33,6 +33,7 @@
 #include <unistd.h>
 
 #include "attr.h"
+#include "base64.h"
 #include "events_int.h"
 #include "misc.h"
 #include "path.h"
@@ -491,46 +492,105 @@ static void handle(struct watcher *w, const struct inotify_event *ev)
 
 /* The attr of @rel, or NULL when it no longer exists. Confined: the parent is resolved beneath
  * the root and the last component is never followed. */
-static cJSON *attr_of(struct watcher *w, const char *rel)
+/* The directory holding @rel (cached for the batch) and @rel's last name; -errno. */
+static int parent_of(struct watcher *w, const char *rel, const char **ret_name)
 {
 	const char *slash = strrchr(rel, '/');
+
+	if (!slash) {
+		*ret_name = rel;
+		return w->rootdir;
+	}
+	size_t dl = (size_t)(slash - rel);
+
+	*ret_name = slash + 1;
+	if (!w->pdir || strncmp(w->pdir, rel, dl) != 0 || w->pdir[dl] != '\0') {
+		free(w->pdir);
+		if (w->pdirfd >= 0)
+			close(w->pdirfd);
+		w->pdir = strndup(rel, dl);
+		w->pdirfd = w->pdir ? dbx_path_open(w->ag->rootfd, w->pdir, O_PATH | O_DIRECTORY, 0, 0)
+				    : -ENOMEM;
+	}
+	return w->pdirfd;
+}
+
+static cJSON *attr_of(struct watcher *w, const char *rel, struct stat *ret_st)
+{
 	const char *name;
 	struct stat st;
 	int pfd;
 	char target[PATH_MAX];
 
+	ret_st->st_mode = 0;
 	if (strcmp(rel, ".") == 0) {
 		if (fstat(w->rootdir, &st) < 0)
 			return NULL;
+		*ret_st = st;
 		return fs_attr_json(&st, NULL);
 	}
-	if (!slash) {
-		pfd = w->rootdir;
-		name = rel;
-	} else {
-		size_t dl = (size_t)(slash - rel);
-		name = slash + 1;
-		if (!w->pdir || strncmp(w->pdir, rel, dl) != 0 || w->pdir[dl] != '\0') {
-			free(w->pdir);
-			if (w->pdirfd >= 0)
-				close(w->pdirfd);
-			w->pdir = strndup(rel, dl);
-			w->pdirfd = w->pdir ? dbx_path_open(w->ag->rootfd, w->pdir,
-							    O_PATH | O_DIRECTORY, 0, 0)
-					    : -ENOMEM;
-		}
-		pfd = w->pdirfd;
-		if (pfd < 0)
-			return NULL;
-	}
+	pfd = parent_of(w, rel, &name);
+	if (pfd < 0)
+		return NULL;
 	if (fstatat(pfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
 		return NULL;
+	*ret_st = st;
 	if (S_ISLNK(st.st_mode)) {
 		ssize_t n = readlinkat(pfd, name, target, sizeof(target) - 1);
 		target[n < 0 ? 0 : n] = '\0';
 		return fs_attr_json(&st, target);
 	}
 	return fs_attr_json(&st, NULL);
+}
+
+static bool same_version(const struct stat *a, const struct stat *b)
+{
+	return a->st_ino == b->st_ino && a->st_size == b->st_size &&
+	       a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec;
+}
+
+/* The content of the small regular file @rel as base64, if it is still the version in @st
+ * (checked before and after the read); NULL otherwise.  Temp files of the agent's own atomic
+ * writes (".NAME.dbx-XXXXXX") and versions written through the API are left out: whoever
+ * wrote them has the bytes. */
+static char *data_of(struct watcher *w, const char *rel, const struct stat *st, size_t max)
+{
+	const char *name;
+	struct stat a, b;
+	char *buf = NULL, *out = NULL;
+	size_t got = 0, size = (size_t)st->st_size;
+	int pfd, fd;
+
+	if (!S_ISREG(st->st_mode) || (uint64_t)st->st_size > max || events_written_by_api(st))
+		return NULL;
+	pfd = parent_of(w, rel, &name);
+	if (pfd < 0 || (name[0] == '.' && strstr(name, ".dbx-")))
+		return NULL;
+	fd = openat(pfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+	if (fd < 0)
+		return NULL;
+	buf = malloc(size + 1);
+	if (!buf || fstat(fd, &a) < 0 || !same_version(&a, st))
+		goto out;
+	while (got <= size) {
+		ssize_t n = pread(fd, buf + got, size + 1 - got, (off_t)got);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		got += (size_t)n;
+	}
+	if (got != size || fstat(fd, &b) < 0 || !same_version(&b, st) ||
+	    b.st_ctim.tv_sec != a.st_ctim.tv_sec || b.st_ctim.tv_nsec != a.st_ctim.tv_nsec)
+		goto out;
+	out = malloc(DBX_B64_LEN(size) + 1);
+	if (out)
+		dbx_b64_encode(buf, size, out);
+out:
+	free(buf);
+	close(fd);
+	return out;
 }
 
 /* A text frame must be UTF-8: a name that is not is sent lossily (U+FFFD), like a symlink's
@@ -576,7 +636,7 @@ static void rebuild(struct watcher *w)
 static void finish_batch(struct watcher *w)
 {
 	cJSON **objs = calloc(w->n ? w->n : 1, sizeof(*objs));
-	size_t no = 0;
+	size_t no = 0, dmax = events_data_max();
 
 	/* Unpaired moves: out of the workspace (a delete) — stop watching what left. */
 	for (size_t i = 0; i < w->n; i++) {
@@ -601,9 +661,21 @@ static void finish_batch(struct watcher *w)
 		if (p->to)
 			add_path(o, "to", p->to);
 		if (p->kind != K_DELETE && p->kind != K_RMDIR) {
-			cJSON *a = attr_of(w, p->to ? p->to : p->path);
+			const char *at = p->to ? p->to : p->path;
+			struct stat st;
+			cJSON *a = attr_of(w, at, &st);
+
 			if (a)
 				cJSON_AddItemToObject(o, "attr", a);
+			/* Content for the last event of this file in the batch only. */
+			if (a && dmax && (p->kind == K_CREATE || p->kind == K_MODIFY) &&
+			    (i + 1 == w->n || strcmp(w->b[i + 1].path, p->path) != 0)) {
+				char *data = data_of(w, at, &st, dmax);
+
+				if (data && !cJSON_AddStringToObject(o, "data", data))
+					w->overflow_pending = true;
+				free(data);
+			}
 		}
 		objs[no++] = o;
 	}

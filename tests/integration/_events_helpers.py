@@ -10,8 +10,8 @@ import websocket
 class Events:
     """One /fs/v1/events connection. Frames are read with a deadline, never with sleeps."""
 
-    def __init__(self, agent, since=None, boot=None, timeout=10):
-        q = []
+    def __init__(self, agent, since=None, boot=None, timeout=10, data=False):
+        q = ["data=1"] if data else []
         if since is not None:
             q.append("since=%s" % since)
         if boot is not None:

@@ -492,3 +492,55 @@ def test_changes_made_through_the_fs_api_are_reported(agent):
     assert written and written[-1]["attr"]["ino"] == attr["ino"]
     assert written[-1]["attr"]["size"] == 7
     ev.close()
+
+
+def test_small_file_content_travels_with_its_event_when_asked(agent):
+    """data=1: the create/modify event of a small file carries its bytes (base64), so a mount
+    shows a remote change without fetching it; other clients get the same frames without."""
+    import base64
+    ev = Events(agent, data=True)
+    plain = Events(agent)
+    payload = bytes(range(256)) * 3 + b"tail"
+    with open(os.path.join(agent.workspace, "small.bin"), "wb") as f:
+        f.write(payload)
+    got = ev.until_marker(agent.workspace)
+    last = [e for e in got if e.get("path") == "small.bin"][-1]
+    assert base64.b64decode(last["data"], validate=True) == payload
+    assert last["attr"]["size"] == len(payload)
+    for e in plain.until_marker(agent.workspace):
+        assert "data" not in e, e
+    # a rewrite (truncate + write) ends with the final bytes
+    with open(os.path.join(agent.workspace, "small.bin"), "r+b") as f:
+        f.truncate(0)
+        f.write(b"second version\n")
+    got = ev.until_marker(agent.workspace)
+    last = [e for e in got if e.get("path") == "small.bin"][-1]
+    assert base64.b64decode(last["data"]) == b"second version\n"
+    # an empty file is content too
+    open(os.path.join(agent.workspace, "empty"), "wb").close()
+    got = ev.until_marker(agent.workspace)
+    assert [e for e in got if e.get("path") == "empty"][-1].get("data") == ""
+    ev.close()
+    plain.close()
+
+
+def test_no_content_above_the_limit_for_dirs_links_or_api_writes(agent):
+    ev = Events(agent, data=True)
+    with open(os.path.join(agent.workspace, "big.bin"), "wb") as f:
+        f.write(os.urandom(64 * 1024 + 1))
+    os.mkdir(os.path.join(agent.workspace, "d"))
+    os.symlink("big.bin", os.path.join(agent.workspace, "l"))
+    st, _, body = agent.request("PUT", "/fs/v1/write", body=b"written by a client",
+                                query={"path": "api.txt"},
+                                headers={"Content-Type": "application/octet-stream"})
+    assert st == 200, body
+    got = ev.until_marker(agent.workspace)
+    for p in ("big.bin", "d", "l", "api.txt"):
+        evs = [e for e in got if e.get("path") == p]
+        assert evs, (p, got)
+        # earlier events may carry what the file held then (empty, half written); the last
+        # one, about the final version, must not
+        assert "data" not in evs[-1], evs
+        if p in ("d", "l"):
+            assert all("data" not in e for e in evs), evs
+    ev.close()
