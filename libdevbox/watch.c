@@ -11,6 +11,7 @@
  * connection's outcome); the resume position and backoff are the service thread's alone.
  */
 #include "wsclient.h"
+#include "base64.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -31,6 +32,7 @@ struct dbx_watch {
 	void *ud;
 	int backoff_max_ms;
 	bool no_reconnect;
+	bool want_data;
 
 	pthread_mutex_t mu;
 	pthread_cond_t cond; /* the first connection's outcome */
@@ -72,23 +74,25 @@ static enum dbx_event_kind kind_from_name(const char *s)
 	return 0;
 }
 
-/* "/fs/v1/events?boot=..&since=..", or without a query when there is no resume point. */
+/* "/fs/v1/events?boot=..&since=..&data=1", each part only when it applies. */
 static char *events_path(const struct dbx_watch *w)
 {
 	struct dbx_strbuf q = DBX_STRBUF_INIT;
-	if (dbx_sb_puts(&q, "/fs/v1/events") < 0)
-		goto fail;
-	if (w->have_pos) {
-		struct dbx_strbuf args = DBX_STRBUF_INIT;
-		int r = dbx__query_add(&args, "boot", w->boot);
+	struct dbx_strbuf args = DBX_STRBUF_INIT;
+	int r = dbx_sb_puts(&q, "/fs/v1/events");
+
+	if (r == 0 && w->have_pos) {
+		r = dbx__query_add(&args, "boot", w->boot);
 		if (r == 0)
 			r = dbx__query_addu(&args, "since", w->since);
-		if (r == 0)
-			r = dbx_sb_printf(&q, "?%s", args.data);
-		dbx_sb_free(&args);
-		if (r < 0)
-			goto fail;
 	}
+	if (r == 0 && w->want_data)
+		r = dbx__query_add(&args, "data", "1");
+	if (r == 0 && args.len)
+		r = dbx_sb_printf(&q, "?%s", args.data);
+	dbx_sb_free(&args);
+	if (r < 0)
+		goto fail;
 	return dbx_sb_steal(&q, NULL);
 fail:
 	dbx_sb_free(&q);
@@ -173,6 +177,21 @@ static int on_event(struct dbx_watch *w, const cJSON *m, const char *kind)
 			dbx__log(1, "watch: event %llu: undecodable attributes",
 				 (unsigned long long)ev.seq);
 	}
+	const char *data = dbx__json_str(m, "data");
+	unsigned char *bytes = NULL;
+	if (data && ev.has_attr) {
+		/* At most 64 KiB by the protocol; whatever the agent sends, the frame bounds it. */
+		size_t n = strlen(data);
+
+		bytes = malloc(n / 4 * 3 + 1);
+		if (bytes && dbx_b64_decode(data, n, bytes, &ev.data_len, NULL, 0) == 0) {
+			ev.data = bytes;
+			ev.has_data = true;
+		} else {
+			dbx__log(1, "watch: event %llu: undecodable content",
+				 (unsigned long long)ev.seq);
+		}
+	}
 	const char *boot = dbx__json_str(m, "boot");
 	if (boot && strlen(boot) < sizeof(w->boot) && strcmp(boot, w->boot))
 		snprintf(w->boot, sizeof(w->boot), "%s", boot);
@@ -180,6 +199,7 @@ static int on_event(struct dbx_watch *w, const cJSON *m, const char *kind)
 		w->since = ev.seq;
 	if (w->cb.event)
 		w->cb.event(w->ud, &ev);
+	free(bytes);
 	return 0;
 }
 
@@ -282,6 +302,7 @@ int dbx_watch_start(dbx_client *c, const struct dbx_watch_config *cfg,
 		w->backoff_max_ms = BACKOFF_MIN_MS;
 	w->backoff_ms = BACKOFF_MIN_MS;
 	w->no_reconnect = cfg && cfg->no_reconnect;
+	w->want_data = cfg && cfg->want_data;
 	if (cfg && cfg->boot && *cfg->boot) {
 		if (strlen(cfg->boot) >= sizeof(w->boot)) {
 			free(w);

@@ -37,6 +37,11 @@ struct dbx_event {
 	bool has_attr;
 	struct dbx_attr attr;
 	const char *target; /* symlink target when has_attr and it is a symlink */
+	/* With dbx_watch_config.want_data: the file's bytes as of attr (create/modify of a small
+	 * regular file; optional, see PROTOCOL.md §3).  Borrowed for the callback's duration. */
+	bool has_data;
+	const void *data;
+	size_t data_len;
 };
 
 struct dbx_watch_hello {
@@ -57,6 +62,7 @@ struct dbx_watch_config {
 	uint64_t since;
 	int backoff_max_ms; /* 0: 5000 */
 	bool no_reconnect;  /* deliver down() once and stop */
+	bool want_data;     /* ask for the content of small files in their events */
 };
 
 /* Connects before returning: fails with -errno if the first connection cannot be made within
