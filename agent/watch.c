@@ -550,9 +550,9 @@ static bool same_version(const struct stat *a, const struct stat *b)
 }
 
 /* The content of the small regular file @rel as base64, if it is still the version in @st
- * (checked before and after the read); NULL otherwise.  Temp files of the agent's own atomic
- * writes (".NAME.dbx-XXXXXX") and versions written through the API are left out: whoever
- * wrote them has the bytes. */
+ * (checked before and after the read, atime untouched); NULL otherwise.  Temp files of the
+ * agent's own atomic writes (".NAME.dbx-XXXXXX") and versions written through the API are
+ * left out: whoever wrote them has the bytes. */
 static char *data_of(struct watcher *w, const char *rel, const struct stat *st, size_t max)
 {
 	const char *name;
@@ -566,7 +566,10 @@ static char *data_of(struct watcher *w, const char *rel, const struct stat *st, 
 	pfd = parent_of(w, rel, &name);
 	if (pfd < 0 || (name[0] == '.' && strstr(name, ".dbx-")))
 		return NULL;
-	fd = openat(pfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+	/* Reading must not touch the file's atime (users see it, tests compare it): without
+	 * O_NOATIME (the file is not ours and we lack CAP_FOWNER) no content goes. */
+	fd = openat(pfd, name,
+		    O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC | O_NOATIME);
 	if (fd < 0)
 		return NULL;
 	buf = malloc(size + 1);

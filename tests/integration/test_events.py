@@ -544,3 +544,17 @@ def test_no_content_above_the_limit_for_dirs_links_or_api_writes(agent):
         if p in ("d", "l"):
             assert all("data" not in e for e in evs), evs
     ev.close()
+
+
+def test_content_in_events_leaves_atime_alone(agent):
+    ev = Events(agent, data=True)
+    p = os.path.join(agent.workspace, "at.txt")
+    with open(p, "wb") as f:
+        f.write(b"abc")
+    os.utime(p, ns=(1000000000123, 2000000000456))
+    with open(p, "r+b") as f:  # a modify event whose content is read (mtime moves, not atime)
+        f.write(b"x")
+    got = ev.until_marker(agent.workspace)
+    assert [e for e in got if e.get("path") == "at.txt" and "data" in e], got
+    assert os.stat(p).st_atime_ns == 1000000000123
+    ev.close()
