@@ -5,9 +5,13 @@
  * Threads (see main.c for the full model): libfuse workers run the ops (ops.c, io.c); the watch
  * thread of libdevbox applies change events to the mirror (events.c); one notifier thread
  * (notify.c) is the only caller of fuse_lowlevel_notify_*; one stats thread writes the counters
- * file (stats.c).  Lock order, where two are ever held together: mirror.lock -> itab.lock ->
- * inode.lock.  No lock is held across a remote call except inode.wlock (write buffer) and
- * mut_lock (shared, by mutations; taken before any other lock).
+ * file (stats.c); the uploaders of the write queue (wq.c) send buffered writes.  Lock order,
+ * where two are ever held together: shadow.lock -> inode.wlock -> mirror.lock -> itab.lock ->
+ * inode.lock, and wq.lock last of all (under it only the leaf locks of the logger and of the
+ * notifier's queue are taken).  No lock is held across a remote call except shadow.lock
+ * (write-back shadow, shadow.c) and mut_lock (shared, by mutations; taken before any other
+ * lock); inode.wlock (write buffer) is held while a writer waits, bounded, for room in the write
+ * queue, never across an upload.
  */
 #ifndef DFS_H
 #define DFS_H
@@ -138,10 +142,12 @@ char *ment_path(const struct ment *e); /* "" for the root; NULL on ENOMEM */
 void mirror_mark_stale(struct dfs *d, struct ment *e);
 
 /* ---- inode table (inode.c) ------------------------------------------------------------ */
+/* The run of writes not yet handed to the write queue (inode.wlock). */
 struct wbuf {
 	char *buf;
 	size_t len, cap;
 	uint64_t off;
+	size_t hint; /* capacity to start the next buffer with (the last run filled one) */
 };
 
 struct dfs_inode {
@@ -164,8 +170,12 @@ struct dfs_inode {
 	bool posix_locked;
 	bool pinned; /* cache holds the content of a removed open file */
 
-	pthread_mutex_t wlock; /* the write buffer; held across its upload */
+	pthread_mutex_t wlock; /* the write buffer; held while handing it to the write queue */
 	struct wbuf wb;
+
+	/* inode.lock: the write-back shadow (shadow.c), allocated at the first write and kept;
+	 * shadow_live_locked() says whether it holds unsent writes. */
+	struct shadow *shadow;
 };
 
 struct itab {
@@ -186,6 +196,10 @@ fuse_ino_t itab_nodeid_of(struct dfs *d, const char *path); /* 0 if none */
 void itab_rename(struct dfs *d, const char *from, const char *to, bool exchange);
 void itab_repath(struct dfs *d, struct dfs_inode *i, const char *path);
 void itab_unlinked(struct dfs *d, const char *path, const struct dbx_attr *last);
+/* Content of path's version a (from an event): becomes its inode's whole-file cache when the
+ * kernel knows that inode and the budget allows; takes buf over if it returns true. */
+bool itab_offer_content(struct dfs *d, const char *path, const struct dbx_attr *a, char *buf,
+			size_t len);
 void inode_set_attr(struct dfs_inode *ino, const struct dbx_attr *a);
 
 /* ---- notifier (notify.c) -------------------------------------------------------------- */
@@ -266,8 +280,12 @@ struct dfs_stats {
 	atomic_uint_fast64_t readlink_hits, read_cache_hits, read_cache_misses;
 	atomic_uint_fast64_t bytes_read, bytes_written, bytes_fetched, bytes_uploaded;
 	atomic_uint_fast64_t events, events_echo, invalidations, resyncs, stream_downs;
+	atomic_uint_fast64_t events_data; /* contents that came with events and were kept */
 	atomic_uint_fast64_t echoes_replayed;
 	atomic_uint_fast64_t last_event_seq, agent_seq;
+	/* write queue: bytes queued now and at most, jobs, retried attempts, jobs whose bytes
+	 * were lost (refused, or given up) and those bytes */
+	atomic_uint_fast64_t wq_bytes, wq_bytes_max, wq_jobs, wq_retries, wq_failed, wq_lost_bytes;
 };
 #define STAT_INC(d, f)    atomic_fetch_add_explicit(&(d)->st.f, 1, memory_order_relaxed)
 #define STAT_ADD(d, f, v) atomic_fetch_add_explicit(&(d)->st.f, (v), memory_order_relaxed)
@@ -280,6 +298,7 @@ void stats_kick(void); /* async-signal-safe: write the file now */
 struct nq;      /* notify.c */
 struct ra_pool; /* ra.c */
 struct echo;    /* echo.c */
+struct wq;      /* wq.c */
 
 struct dfs {
 	dbx_client *client;
@@ -297,6 +316,8 @@ struct dfs {
 	double ttl;        /* entry/attr timeout while the stream is healthy */
 	double ttl_down;   /* ... while it is down */
 	unsigned max_threads;
+	bool async_close;   /* -o async_close: flush/release do not wait for the upload */
+	uint64_t async_max; /* -o async_max=MiB: the write queue's byte cap with async_close */
 
 	/* Mutating ops hold it shared from their remote call until the mirror has their reply;
 	 * the event thread holds it exclusively while applying an event (writer-preferring). */
@@ -324,6 +345,7 @@ struct dfs {
 	struct nq *nq;
 	struct ra_pool *ra;
 	struct echo *echo;
+	struct wq *wq;
 	atomic_int echo_tid; /* the echo thread's tid, 0 if none */
 	bool echo_on;        /* -o echo */
 	pthread_t stats_thread;
@@ -397,10 +419,81 @@ void io_getlk(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi, struct 
 void io_setlk(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi, struct flock *lock,
 	      int sleep);
 void io_flock(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi, int op);
-/* Uploads ino's write buffer (caller holds ino->wlock). */
-int io_wb_flush(struct dfs *d, struct dfs_inode *ino, const char *path);
+/* Hands ino's buffered writes to the write queue and waits for all its uploads; returns EIO
+ * if they could not be stored now (the agent out of reach), while a refusal (ENOSPC ...) is
+ * left for the next write, flush or fsync of the file.  io_flush_path does the same for path
+ * and everything below it (rename). */
 int io_flush_inode(struct dfs *d, struct dfs_inode *ino);
+int io_flush_path(struct dfs *d, const char *path);
+/* -o async_close: chmod/chown/utimens (to_set, values in st) of a file with queued uploads
+ * are queued behind them; *ret gets the attributes to answer with.  1 queued, 0 not (do it
+ * now, after io_flush_inode), -errno. */
+int io_setattr_queued(struct dfs *d, struct dfs_inode *ino, const char *path, const struct stat *st,
+		      int to_set, struct dbx_attr *ret);
+/* -o async_close: i's attributes with its queued uploads applied (1), without waiting for
+ * them; 0 when nothing is queued (the caller waits and asks as usual). */
+int io_attr_queued(struct dfs *d, struct dfs_inode *i, struct dbx_attr *ret);
 void io_drop_cache(struct dfs *d, struct dfs_inode *ino);
 void io_preserve(struct dfs *d, const char *path);
+
+/* wq.c: the write queue (see there) */
+enum {
+	WQ_CONSUME = 1, /* wq_wait: report (and clear) a refusal not reported yet */
+	WQ_ASYNC = 2,   /* wq_submit: handed over by a close that does not wait */
+	WQ_FORCE = 4,   /* wq_submit: never wait for room (exit drain) */
+};
+int wq_start(struct dfs *d);
+/* Drains the queue (bounded: 10 x timeout), stops and joins the uploaders; 1 if any data
+ * accepted by the daemon was never stored (each such path is logged), else 0. */
+int wq_stop(struct dfs *d);
+/* Queues wb's run (taking its buffer) after waiting for room; caller holds i->wlock.  On error
+ * wb is left as it was. */
+int wq_submit(struct dfs *d, struct dfs_inode *i, const char *path, struct wbuf *wb, unsigned flags,
+	      const volatile int *cancel);
+/* A DFS_WBUF_MAX buffer for a write run (reused from finished uploads when possible). */
+char *wq_buf(struct dfs *d);
+/* Waits for the uploads i had queued when called (a stalled file is retried first). */
+int wq_wait(struct dfs *d, struct dfs_inode *i, unsigned flags, const volatile int *cancel);
+int wq_wait_path(struct dfs *d, const char *path, bool prefix);
+/* Queues an attribute change behind i's queued uploads (see io_setattr_queued). */
+int wq_submit_attr(struct dfs *d, struct dfs_inode *i, const char *path, const struct stat *st,
+		   int to_set, struct dbx_attr *ret);
+/* i's refusal not reported yet (cleared), or with stalled_too 1 if its uploads are stalled. */
+int wq_error(struct dfs *d, struct dfs_inode *i, bool stalled_too);
+/* Drops i's stalled uploads (the last close reported their failure); returns the bytes. */
+uint64_t wq_drop(struct dfs *d, struct dfs_inode *i);
+
+/* ---- write-back shadow of small files (shadow.c) ---------------------------------------
+ * While a regular file of at most DFS_SMALL_FILE bytes is written, its whole content is kept
+ * in the daemon: writes change it, reads and getattr are answered from it, and its dirty span
+ * goes to the agent in one write at flush, fsync, setattr, rename, link, unlink or when the
+ * file would outgrow the limit; then it stays as the whole-file cache.  Lock: shadow.lock,
+ * held across its fetch and upload, is taken before inode.wlock (see shadow.c). */
+struct shadow;
+enum {
+	SHADOW_FSYNC = 1,   /* shadow_flush: with the agent's fsync */
+	SHADOW_ASYNC = 2,   /* shadow_flush: hand the span to the write queue, not waited for */
+	SHADOW_CONSUME = 4, /* shadow_flush: report (and clear) a refusal not reported yet */
+};
+/* Takes the write (1: replied, also with an error), or 0: io.c's path must take it and then
+ * call shadow_write_end(i) (until then no shadow can appear beside its buffer). */
+int shadow_write(struct dfs *d, fuse_req_t req, struct dfs_inode *i, const char *buf,
+		 size_t size, uint64_t off);
+void shadow_write_end(struct dfs_inode *i);
+/* Replies from the shadow (true) or leaves the read to the caller (false). */
+bool shadow_read(struct dfs *d, fuse_req_t req, struct dfs_inode *i, size_t size, uint64_t off);
+/* Whether unsent writes of a shadow exist (_locked: caller holds inode.lock). */
+bool shadow_live(struct dfs_inode *i);
+bool shadow_live_locked(const struct dfs_inode *i);
+/* Local size, blocks, mtime and ctime over the agent's, while unsent writes exist. */
+void shadow_attr(struct dfs_inode *i, struct dbx_attr *a);
+void shadow_stat(struct dfs_inode *i, struct stat *st);
+/* Uploads the dirty span (flags SHADOW_*): 1 sent, 0 nothing to send, or -errno (transport
+ * failures as EIO, the bytes kept; refusals drop them and are returned only with
+ * SHADOW_CONSUME, else kept for the next consumer).  Never with inode.wlock held. */
+int shadow_flush(struct dfs *d, struct dfs_inode *i, unsigned flags, const volatile int *cancel);
+/* Drops unsent writes (the last close reported their failure); returns their bytes. */
+uint64_t shadow_drop(struct dfs *d, struct dfs_inode *i);
+void shadow_free(struct dfs *d, struct dfs_inode *i); /* inode teardown */
 
 #endif

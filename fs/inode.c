@@ -43,6 +43,7 @@ static void inode_free(struct dfs *d, struct dfs_inode *ino)
 	if (ino->cache)
 		atomic_fetch_sub(&d->cache_bytes, ino->cache_len);
 	free(ino->cache);
+	shadow_free(d, ino);
 	ra_free(ino);
 	free(ino->wb.buf);
 	free(ino->path);
@@ -349,4 +350,35 @@ void itab_repath(struct dfs *d, struct dfs_inode *i, const char *path)
 	pthread_mutex_lock(&d->itab.lock);
 	set_path(&d->itab, i, p);
 	pthread_mutex_unlock(&d->itab.lock);
+}
+
+bool itab_offer_content(struct dfs *d, const char *path, const struct dbx_attr *a, char *buf,
+			size_t len)
+{
+	struct itab *t = &d->itab;
+	struct dfs_inode *i;
+	bool taken = false;
+
+	if (len != a->size || !a->ver[0] ||
+	    atomic_load(&d->cache_bytes) + len > DFS_CACHE_BUDGET)
+		return false;
+	pthread_mutex_lock(&t->lock);
+	i = find_path(t, path);
+	if (i && i->rino == a->ino && S_ISREG(i->mode)) {
+		pthread_mutex_lock(&i->lock);
+		/* Not over the bytes of a removed open file, nor beside local writes not sent. */
+		if (!i->pinned && !shadow_live_locked(i)) {
+			if (i->cache)
+				atomic_fetch_sub(&d->cache_bytes, i->cache_len);
+			free(i->cache);
+			i->cache = buf;
+			i->cache_len = len;
+			memcpy(i->cache_ver, a->ver, sizeof(i->cache_ver));
+			atomic_fetch_add(&d->cache_bytes, len);
+			taken = true;
+		}
+		pthread_mutex_unlock(&i->lock);
+	}
+	pthread_mutex_unlock(&t->lock);
+	return taken;
 }

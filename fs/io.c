@@ -7,9 +7,12 @@
  * by its version (the agent's `ver`), within DFS_CACHE_BUDGET in total; bigger files are read
  * by range.  The kernel page cache is kept across opens (keep_cache) while the version is the
  * one it was filled from; events invalidate it when the content changes remotely.
- * Writes: buffered per inode (inode.wlock) as one contiguous run of up to DFS_WBUF_MAX bytes,
- * uploaded as one offset write when the run breaks or fills, and at flush (close), fsync,
- * getattr, setattr, rename and read, so close() returns the remote result (ENOSPC ...).
+ * Writes: buffered per inode (inode.wlock) as one contiguous run of up to DFS_WBUF_MAX bytes;
+ * a run that breaks or fills is handed to the write queue (wq.c), whose threads upload it while
+ * the writer goes on into a new buffer.  flush (close), fsync, getattr, setattr, rename, unlink
+ * and read hand over what is buffered and wait for the inode's uploads, so close() returns the
+ * remote result (ENOSPC ...).  With -o async_close, flush and release hand the rest over
+ * without waiting; a failure is logged and reported by the next flush or fsync of the file.
  * Locks: forwarded to the agent in the event stream's lock session (dbx_fs_lock); blocking
  * requests are interruptible (FUSE INTERRUPT sets the thread's cancel flag).
  */
@@ -46,85 +49,108 @@ static struct dfs_fh *fh_of(struct fuse_file_info *fi)
 	return (struct dfs_fh *)(uintptr_t)fi->fh;
 }
 
-static bool definitive(int r)
-{
-	switch (-r) {
-	case ENOSPC:
-	case EFBIG:
-	case EDQUOT:
-	case ENOENT:
-	case EROFS:
-	case EACCES:
-	case EPERM:
-	case EISDIR:
-	case EINVAL:
-	case ESTALE:
-	case ENOTDIR:
-	case ENAMETOOLONG:
-	case EXDEV:
-	case ENOMEM:
-		return true;
-	default:
-		return false;
-	}
-}
-
 /* ---- write buffer ---------------------------------------------------------------------- */
 
-int io_wb_flush(struct dfs *d, struct dfs_inode *i, const char *path)
+static void on_interrupt(fuse_req_t req, void *data)
 {
-	struct dbx_write_opts w = {.offset = i->wb.off, .no_create = true};
-	struct dbx_attr a;
-	size_t len = i->wb.len;
+	*(volatile int *)data = 1;
+}
+
+/* Hands i's buffered run to the write queue (caller holds i->wlock). */
+static int wb_submit(struct dfs *d, struct dfs_inode *i, unsigned flags, const volatile int *cancel)
+{
+	char *path;
 	int r;
 
-	if (!len)
+	if (!i->wb.len)
 		return 0;
-	STAT_INC(d, remote_calls);
-	r = dbx_fs_pwrite(d->client, path, i->wb.buf, len, &w, &a);
-	if (r < 0) {
-		dfs_log(DFS_DEBUG, "write %s: %s", path, dbx_error_last());
-		/* A refusal by the agent is final and reported once (to this write, flush, close or
-		 * fsync); a lost connection or timeout keeps the bytes for the next attempt (an
-		 * offset write can be repeated). */
-		if (definitive(r))
-			i->wb.len = 0;
+	path = itab_path(d, i->nodeid);
+	if (!path)
+		return -ENOMEM;
+	r = wq_submit(d, i, path, &i->wb, flags, cancel);
+	free(path);
+	return r;
+}
+
+/* Hands over what i buffers, then waits for all its uploads (flags: WQ_CONSUME reports a
+ * refusal not reported yet). */
+static int flush_wait(struct dfs *d, struct dfs_inode *i, unsigned flags,
+		      const volatile int *cancel)
+{
+	int r, w;
+
+	r = shadow_flush(d, i, (flags & WQ_CONSUME) ? SHADOW_CONSUME : 0, cancel);
+	if (r < 0)
 		return r;
-	}
-	i->wb.len = 0;
-	STAT_ADD(d, bytes_uploaded, len);
-	dfs_mirror_update(d, path, &a, NULL, false);
-	pthread_mutex_lock(&i->lock);
-	/* The kernel's pages already hold what we wrote: they stay valid for the new version. */
-	if (i->kc_ver[0] && !strcmp(i->kc_ver, i->attr.ver))
-		memcpy(i->kc_ver, a.ver, sizeof(i->kc_ver));
-	i->attr = a;
-	pthread_mutex_unlock(&i->lock);
-	return 0;
+	pthread_mutex_lock(&i->wlock);
+	r = wb_submit(d, i, 0, cancel);
+	pthread_mutex_unlock(&i->wlock);
+	w = wq_wait(d, i, flags, cancel);
+	return r < 0 ? r : w;
 }
 
 int io_flush_inode(struct dfs *d, struct dfs_inode *i)
 {
-	char *path;
+	/* A refusal stays for the next write, flush or fsync of the file: the calls whose errors
+	 * programs check (a stat that took it would leave close() with 0). */
+	return flush_wait(d, i, 0, NULL);
+}
+
+int io_flush_path(struct dfs *d, const char *path)
+{
+	fuse_ino_t id = itab_nodeid_of(d, path);
+	struct dfs_inode *i = id ? itab_get(d, id) : NULL;
 	int r = 0;
 
-	pthread_mutex_lock(&i->wlock);
-	if (i->wb.len) {
-		path = itab_path(d, i->nodeid);
-		if (!path) {
-			i->wb.len = 0;
-			r = -ENOMEM;
-		} else {
-			if (!d->hard)
-				dbx_thread_set_deadline(now_ms() + (uint64_t)d->op_timeout_ms);
-			r = io_wb_flush(d, i, path);
-			dbx_thread_set_deadline(0);
-			r = dfs_wire_errno(d, r);
-			free(path);
-		}
-	}
-	pthread_mutex_unlock(&i->wlock);
+	if (i && !S_ISDIR(i->mode))
+		r = io_flush_inode(d, i);
+	/* Files below a directory, and files the kernel forgot since their close. */
+	if (r == 0)
+		r = wq_wait_path(d, path, true);
 	return r;
+}
+
+int io_setattr_queued(struct dfs *d, struct dfs_inode *i, const char *path, const struct stat *st,
+		      int to_set, struct dbx_attr *ret)
+{
+	const int queueable = FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID |
+			      FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_CTIME;
+	/* How the caller got here (futimens/fchmod on an open file, ...), not what to change. */
+	const int how = FUSE_SET_ATTR_FILE | FUSE_SET_ATTR_OPEN | FUSE_SET_ATTR_FORCE |
+			FUSE_SET_ATTR_TIMES_SET | FUSE_SET_ATTR_TOUCH;
+	int r;
+
+	/* to_set may be 0 here: a chown/chmod to what the file has (tar's) is answered locally
+	 * too, instead of waiting for the queue. */
+	to_set &= ~how;
+	if (!d->async_close || !S_ISREG(i->mode) || (to_set & ~queueable))
+		return 0;
+	/* What is still buffered goes first (a utimens after the last write of an open file). */
+	r = shadow_flush(d, i, SHADOW_ASYNC, NULL);
+	pthread_mutex_lock(&i->wlock);
+	r = r < 0 ? r : wb_submit(d, i, WQ_ASYNC, NULL);
+	pthread_mutex_unlock(&i->wlock);
+	if (r < 0)
+		return r;
+	return wq_submit_attr(d, i, path, st, to_set & ~FUSE_SET_ATTR_CTIME, ret);
+}
+
+int io_attr_queued(struct dfs *d, struct dfs_inode *i, struct dbx_attr *ret)
+{
+	char *path;
+	int r;
+
+	if (!d->async_close || !S_ISREG(i->mode))
+		return 0;
+	path = itab_path(d, i->nodeid);
+	if (!path)
+		return 0;
+	/* Unsent writes in the buffer have no place in the answer: the caller waits for them. */
+	pthread_mutex_lock(&i->wlock);
+	r = i->wb.len ? 0 : wq_submit_attr(d, i, path, NULL, 0, ret);
+	pthread_mutex_unlock(&i->wlock);
+	free(path);
+	return r > 0 ? 1 : 0;
 }
 
 void io_drop_cache(struct dfs *d, struct dfs_inode *i)
@@ -153,7 +179,9 @@ void io_preserve(struct dfs *d, const char *path)
 	char *buf;
 	int opens;
 
-	if (!i || !S_ISREG(i->mode))
+	/* Uploads still queued for the name go first (or they would fail, or land on the
+	 * file renamed over it). */
+	if (wq_wait_path(d, path, false) < 0 || !i || !S_ISREG(i->mode))
 		return;
 	pthread_mutex_lock(&i->lock);
 	opens = i->opens;
@@ -433,6 +461,8 @@ void io_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse
 	int r;
 
 	STAT_INC(d, ops[OP_READ]);
+	if (shadow_read(d, req, i, size, (uint64_t)off))
+		return;
 	r = io_flush_inode(d, i);
 	if (r < 0) {
 		fuse_reply_err(req, -r);
@@ -515,46 +545,54 @@ void io_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_
 {
 	struct dfs *d = req_dfs(req);
 	struct dfs_inode *i = fh_of(fi)->ino;
+	struct wbuf *wb = &i->wb;
 	struct opctx o;
-	char *path = NULL;
 	int r = 0;
 
 	STAT_INC(d, ops[OP_WRITE]);
+	if (shadow_write(d, req, i, buf, size, (uint64_t)off))
+		return;
 	pthread_mutex_lock(&i->wlock);
-	op_begin(d, &o, req, false);
-	if (i->wb.len &&
-	    ((uint64_t)off != i->wb.off + i->wb.len || i->wb.len + size > DFS_WBUF_MAX)) {
-		path = itab_path(d, ino);
-		r = path ? io_wb_flush(d, i, path) : -ENOMEM;
+	op_begin(d, &o, req, true);
+	if (!d->async_close) {
+		/* A refusal of earlier bytes is reported here; stalled uploads are retried first,
+		 * as a synchronous write would be. */
+		r = wq_error(d, i, true);
+		if (r == 1)
+			r = wq_wait(d, i, WQ_CONSUME, &o.cancelled);
 	}
-	if (r == 0 && i->wb.len + size > i->wb.cap) {
-		size_t cap = i->wb.cap ? i->wb.cap : 65536;
+	if (r == 0 && wb->len &&
+	    ((uint64_t)off != wb->off + wb->len || wb->len + size > DFS_WBUF_MAX))
+		r = wb_submit(d, i, 0, &o.cancelled);
+	if (r == 0 && wb->len + size > wb->cap) {
+		size_t cap = wb->cap ? wb->cap : wb->hint > 65536 ? wb->hint : 65536;
 		char *nb;
 
-		while (cap < i->wb.len + size)
+		while (cap < wb->len + size)
 			cap *= 2;
-		nb = realloc(i->wb.buf, cap);
+		/* A full-size buffer comes from the queue's pool of used ones. */
+		nb = !wb->buf && cap == DFS_WBUF_MAX ? wq_buf(d) : realloc(wb->buf, cap);
 		if (!nb) {
 			r = -ENOMEM;
 		} else {
-			i->wb.buf = nb;
-			i->wb.cap = cap;
+			wb->buf = nb;
+			wb->cap = cap;
 		}
 	}
 	if (r == 0) {
-		if (!i->wb.len)
-			i->wb.off = (uint64_t)off;
-		memcpy(i->wb.buf + i->wb.len, buf, size);
-		i->wb.len += size;
-		if (i->wb.len >= DFS_WBUF_MAX) {
-			if (!path)
-				path = itab_path(d, ino);
-			r = path ? io_wb_flush(d, i, path) : -ENOMEM;
+		if (!wb->len)
+			wb->off = (uint64_t)off;
+		memcpy(wb->buf + wb->len, buf, size);
+		wb->len += size;
+		if (wb->len >= DFS_WBUF_MAX) {
+			r = wb_submit(d, i, 0, &o.cancelled);
+			if (r < 0)
+				wb->len -= size; /* this write failed: its bytes go */
 		}
 	}
 	r = op_end(d, &o, r);
 	pthread_mutex_unlock(&i->wlock);
-	free(path);
+	shadow_write_end(i);
 	if (r < 0) {
 		fuse_reply_err(req, -r);
 		return;
@@ -679,14 +717,39 @@ void io_flock(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi, int op)
 
 /* ---- flush / release / fsync ----------------------------------------------------------- */
 
+/* The wait of a flush or fsync: interruptible by the request's FUSE INTERRUPT. */
+static int req_flush(struct dfs *d, fuse_req_t req, struct dfs_inode *i)
+{
+	volatile int cancelled = 0;
+	int r;
+
+	fuse_req_interrupt_func(req, on_interrupt, (void *)&cancelled);
+	r = flush_wait(d, i, WQ_CONSUME, &cancelled);
+	fuse_req_interrupt_func(req, NULL, NULL);
+	if (r == -EINTR)
+		STAT_INC(d, ops[OP_INTERRUPTED]);
+	return r;
+}
+
 void io_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct dfs *d = req_dfs(req);
 	struct dfs_fh *fh = fh_of(fi);
+	struct dfs_inode *i = fh->ino;
 	int r;
 
 	STAT_INC(d, ops[OP_FLUSH]);
-	r = io_flush_inode(d, fh->ino);
+	if (d->async_close) {
+		/* Queued, not waited for: an earlier failure of the file is reported now. */
+		r = shadow_flush(d, i, SHADOW_ASYNC | SHADOW_CONSUME, NULL);
+		pthread_mutex_lock(&i->wlock);
+		r = r < 0 ? r : wb_submit(d, i, WQ_ASYNC, NULL);
+		pthread_mutex_unlock(&i->wlock);
+		if (r == 0)
+			r = wq_error(d, i, false);
+	} else {
+		r = req_flush(d, req, i);
+	}
 	/* POSIX: any close by the owner drops its record locks. */
 	if (fh->posix_locked && fh->posix_owner == fi->lock_owner) {
 		posix_unlock_owner(d, req, ino, fi->lock_owner);
@@ -699,12 +762,35 @@ void io_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct dfs *d = req_dfs(req);
 	struct dfs_fh *fh = fh_of(fi);
+	struct dfs_inode *i = fh->ino;
+	bool last;
 	int r;
 
 	STAT_INC(d, ops[OP_RELEASE]);
-	r = io_flush_inode(d, fh->ino);
-	if (r < 0)
-		dfs_log(DFS_WARN, "release: buffered data lost: %s", strerror(-r));
+	pthread_mutex_lock(&i->lock);
+	last = i->opens == 1;
+	pthread_mutex_unlock(&i->lock);
+	if (d->async_close) {
+		r = shadow_flush(d, i, SHADOW_ASYNC, NULL);
+		pthread_mutex_lock(&i->wlock);
+		r = r < 0 ? r : wb_submit(d, i, WQ_ASYNC, NULL);
+		pthread_mutex_unlock(&i->wlock);
+	} else {
+		r = flush_wait(d, i, last ? WQ_CONSUME : 0, NULL);
+	}
+	if (r < 0 && last) {
+		/* Nobody is left to retry what could not be stored (the close reported it). */
+		char *path = itab_path(d, ino);
+		uint64_t n = (d->async_close ? 0 : wq_drop(d, i)) + shadow_drop(d, i);
+
+		pthread_mutex_lock(&i->wlock);
+		n += i->wb.len;
+		i->wb.len = 0;
+		pthread_mutex_unlock(&i->wlock);
+		dfs_log(DFS_WARN, "release %s: buffered data lost (%llu bytes not stored): %s",
+			path ? path : "?", (unsigned long long)n, strerror(-r));
+		free(path);
+	}
 	if (fh->flocked) {
 		struct dbx_lock l = {.kind = DBX_LOCK_FLOCK, .op = DBX_LOCK_UN};
 
@@ -712,10 +798,10 @@ void io_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	}
 	if (fh->posix_locked)
 		posix_unlock_owner(d, req, ino, fh->posix_owner);
-	pthread_mutex_lock(&fh->ino->lock);
-	fh->ino->opens--;
-	pthread_mutex_unlock(&fh->ino->lock);
-	ra_release(d, fh->ino);
+	pthread_mutex_lock(&i->lock);
+	i->opens--;
+	pthread_mutex_unlock(&i->lock);
+	ra_release(d, i);
 	handle_del(d, &fh->h);
 	free(fh);
 	fuse_reply_err(req, 0);
@@ -731,7 +817,14 @@ void io_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_inf
 	int r;
 
 	STAT_INC(d, ops[OP_FSYNC]);
-	r = io_flush_inode(d, fh->ino);
+	/* A shadow's unsent writes go with the agent's fsync: then only a refusal of earlier
+	 * queued bytes is left to report. */
+	r = shadow_flush(d, fh->ino, SHADOW_FSYNC | SHADOW_CONSUME, NULL);
+	if (r > 0) {
+		fuse_reply_err(req, -wq_error(d, fh->ino, false));
+		return;
+	}
+	r = r < 0 ? r : req_flush(d, req, fh->ino);
 	if (r < 0) {
 		fuse_reply_err(req, -r);
 		return;

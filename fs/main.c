@@ -17,6 +17,8 @@
  *   - the libdevbox watch thread: applies change events to the mirror (events.c).
  *   - the notifier (notify.c): the only caller of fuse_lowlevel_notify_*.
  *   - the stats writer (stats.c).
+ *   - the write queue's uploaders (wq.c): send buffered writes; drained and joined after the
+ *     loop, before the other threads stop (exit status 1 if queued data could not be stored).
  * Order (c-style-notes §4.1.8): options -> agent reachable -> tree loaded -> session ->
  * signal handlers -> mount -> daemonize (without -f) -> threads -> loop -> stop threads ->
  * unmount.  The mountpoint is resolved once before mounting and never touched afterwards.
@@ -24,6 +26,7 @@
 #include "dfs.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -31,9 +34,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 static int log_max = DFS_INFO;
+static int log_fd = STDERR_FILENO; /* -o log=FILE: a file kept open across daemonizing */
 static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static void vlog(int level, const char *fmt, va_list ap)
@@ -49,7 +54,19 @@ static void vlog(int level, const char *fmt, va_list ap)
 	while (n && msg[n - 1] == '\n')
 		msg[--n] = 0;
 	pthread_mutex_lock(&log_lock);
-	fprintf(stderr, "devbox-fs[%d]: %s: %s\n", (int)getpid(), names[level], msg);
+	if (log_fd != STDERR_FILENO) {
+		struct timespec ts;
+		struct tm tm;
+		char when[32];
+
+		clock_gettime(CLOCK_REALTIME, &ts);
+		gmtime_r(&ts.tv_sec, &tm);
+		strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S", &tm);
+		dprintf(log_fd, "%s.%03ldZ devbox-fs[%d]: %s: %s\n", when, ts.tv_nsec / 1000000,
+			(int)getpid(), names[level], msg);
+	} else {
+		fprintf(stderr, "devbox-fs[%d]: %s: %s\n", (int)getpid(), names[level], msg);
+	}
 	pthread_mutex_unlock(&log_lock);
 }
 
@@ -86,7 +103,7 @@ static void on_usr1(int sig)
 
 struct cli {
 	bool foreground, fuse_debug, help, version;
-	char *box, *mountpoint, *token_file;
+	char *box, *mountpoint, *token_file, *log_file;
 	char *fuse_opts; /* comma list passed to libfuse */
 };
 
@@ -110,7 +127,12 @@ static void usage(FILE *f)
 	      "  -o ttl=SECS        kernel entry/attr timeout while the event stream is up (3600)\n"
 	      "  -o echo            replay remote changes through the mount so inotify watchers\n"
 	      "                     (editors, build tools) see them\n"
+	      "  -o async_close     close() returns at once, the upload goes on in the background\n"
+	      "                     (failures: logged, and reported by the next fsync/close)\n"
+	      "  -o async_max=MiB   data queued for upload at most, writers wait beyond (256)\n"
 	      "  -o token_file=FILE same as --token-file\n"
+	      "  -o log=FILE        append the log to FILE (with times) instead of stderr, which\n"
+	      "                     is /dev/null once the daemon detaches (mount -t, fstab)\n"
 	      "  other -o options (allow_other, default_permissions, ro, ...) go to libfuse;\n"
 	      "  fstab-only options (_netdev, noauto, nofail, x-*) are ignored.\n",
 	      f);
@@ -161,6 +183,11 @@ static int parse_o(struct dfs *d, struct cli *c, const char *list)
 			d->debug = true;
 		} else if (!strcmp(o, "echo")) {
 			d->echo_on = true;
+		} else if (!strcmp(o, "async_close")) {
+			d->async_close = true;
+		} else if (!strcmp(o, "async_max") && v) {
+			r = parse_num(o, v, 1, 1 << 20, &x);
+			d->async_max = (uint64_t)x << 20;
 		} else if (!strcmp(o, "hard")) {
 			d->hard = true;
 		} else if (!strcmp(o, "soft")) {
@@ -169,6 +196,10 @@ static int parse_o(struct dfs *d, struct cli *c, const char *list)
 			free(d->stats_path);
 			d->stats_path = strdup(v);
 			r = d->stats_path ? 0 : -ENOMEM;
+		} else if (!strcmp(o, "log") && v) {
+			free(c->log_file);
+			c->log_file = strdup(v);
+			r = c->log_file ? 0 : -ENOMEM;
 		} else if (!strcmp(o, "token_file") && v) {
 			free(c->token_file);
 			c->token_file = strdup(v);
@@ -339,6 +370,7 @@ static void cli_free(struct cli *c)
 	free(c->box);
 	free(c->mountpoint);
 	free(c->token_file);
+	free(c->log_file);
 	free(c->fuse_opts);
 }
 
@@ -357,6 +389,7 @@ int main(int argc, char **argv)
 	d->ttl_down = 1;
 	d->op_timeout_ms = 10000;
 	d->max_threads = 32;
+	d->async_max = 256ull << 20;
 	d->start_ms = now_ms();
 	pthread_mutex_init(&d->sess_lock, NULL);
 	pthread_mutex_init(&d->statfs_lock, NULL);
@@ -380,6 +413,15 @@ int main(int argc, char **argv)
 		       fuse_version());
 		ret = 0;
 		goto out;
+	}
+	if (c.log_file) {
+		int fd = open(c.log_file, O_WRONLY | O_APPEND | O_CREAT | O_NOCTTY | O_CLOEXEC, 0600);
+
+		if (fd < 0) {
+			fprintf(stderr, "devbox-fs: log file %s: %s\n", c.log_file, strerror(errno));
+			goto out;
+		}
+		log_fd = fd;
 	}
 	log_max = d->debug ? DFS_DEBUG : DFS_INFO;
 	fuse_set_log_func(fuse_logger);
@@ -455,6 +497,10 @@ int main(int argc, char **argv)
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	if (stats_start(d) < 0)
 		dfs_log(DFS_WARN, "no stats file");
+	if (wq_start(d) < 0) {
+		dfs_log(DFS_ERR, "no upload threads");
+		goto stop;
+	}
 	dfs_log(DFS_INFO, "mounted %s on %s (%zu entries)", c.box, mnt, d->mirror.entries);
 
 	lcfg = fuse_loop_cfg_create();
@@ -468,6 +514,9 @@ int main(int argc, char **argv)
 	if (r < 0)
 		dfs_log(DFS_ERR, "session loop: %s", strerror(-r));
 stop:
+	/* Queued writes are stored (or reported lost) while everything else still runs. */
+	if (wq_stop(d) != 0)
+		ret = 1;
 	echo_stop(d);
 	ra_stop(d);
 	events_stop(d);
@@ -498,5 +547,7 @@ out:
 	free(d->box);
 	free(d->stats_path);
 	cli_free(&c);
+	if (log_fd != STDERR_FILENO)
+		close(log_fd);
 	return ret;
 }

@@ -339,6 +339,7 @@ static void reply_entry(struct dfs *d, fuse_req_t req, const char *path, const s
 		return;
 	}
 	fill_entry(d, &e, i->nodeid, a);
+	shadow_stat(i, &e.attr);
 	if (fuse_reply_entry(req, &e) < 0)
 		itab_forget(d, i->nodeid, 1);
 }
@@ -543,7 +544,11 @@ int dfs_inode_attr(struct dfs *d, fuse_req_t req, fuse_ino_t ino, struct dbx_att
 	*ret_hit = false;
 	if (!i)
 		return -ESTALE;
-	if (!S_ISDIR(i->mode)) {
+	if (!S_ISDIR(i->mode) && !shadow_live(i)) {
+		/* -o async_close: a stat while uploads are queued (tar's fchown right after the
+		 * write) is answered from them instead of waiting. */
+		if (io_attr_queued(d, i, ret) > 0)
+			return 0;
 		r = io_flush_inode(d, i);
 		if (r < 0)
 			return r;
@@ -560,6 +565,7 @@ int dfs_inode_attr(struct dfs *d, fuse_req_t req, fuse_ino_t ino, struct dbx_att
 		*ret = i->attr;
 		pthread_mutex_unlock(&i->lock);
 		free(path);
+		shadow_attr(i, ret);
 		return 0;
 	}
 	op_begin(d, &o, req, false);
@@ -579,6 +585,8 @@ int dfs_inode_attr(struct dfs *d, fuse_req_t req, fuse_ino_t ino, struct dbx_att
 		}
 		pthread_mutex_unlock(&i->lock);
 	}
+	if (r == 0)
+		shadow_attr(i, ret); /* unsent writes of the shadow */
 	return r;
 }
 
@@ -667,7 +675,14 @@ static void dfs_setattr_locked(fuse_req_t req, fuse_ino_t ino, struct stat *attr
 		goto out;
 	}
 	if (!S_ISDIR(i->mode)) {
-		r = io_flush_inode(d, i);
+		/* -o async_close: behind the file's queued uploads, answered from local attrs. */
+		r = io_setattr_queued(d, i, path, attr, setattr_needed(d, path, attr, to_set), &a);
+		if (r > 0) {
+			r = 0;
+			goto out;
+		}
+		if (r == 0)
+			r = io_flush_inode(d, i);
 		if (r < 0)
 			goto out;
 	}
@@ -968,16 +983,14 @@ static void dfs_rename_locked(fuse_req_t req, fuse_ino_t parent, const char *nam
 		fuse_reply_err(req, 0);
 		goto out;
 	}
-	/* Buffered writes go under the old name first. */
-	fuse_ino_t sid = itab_nodeid_of(d, from);
-	struct dfs_inode *si = sid ? itab_get(d, sid) : NULL;
-
-	if (si && !S_ISDIR(si->mode)) {
-		r = io_flush_inode(d, si);
-		if (r < 0) {
-			fuse_reply_err(req, -r);
-			goto out;
-		}
+	/* Buffered and queued writes go under the old names first (for a directory: those of
+	 * every file below it). */
+	r = io_flush_path(d, from);
+	if (r == 0 && exchange)
+		r = io_flush_path(d, to);
+	if (r < 0) {
+		fuse_reply_err(req, -r);
+		goto out;
 	}
 	op_begin(d, &o, req, false);
 	if (!exchange)
@@ -1050,6 +1063,16 @@ static void dfs_link_locked(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent
 	to = child_path(d, req, newparent, newname);
 	if (!to) {
 		free(from);
+		return;
+	}
+	/* Unsent writes go under the existing name first. */
+	struct dfs_inode *li = itab_get(d, ino);
+
+	r = li && S_ISREG(li->mode) ? io_flush_inode(d, li) : 0;
+	if (r < 0) {
+		fuse_reply_err(req, -r);
+		free(from);
+		free(to);
 		return;
 	}
 	op_begin(d, &o, req, false);
@@ -1255,6 +1278,8 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 				break;
 		}
 		fill_entry(d, &ep, i ? i->nodeid : 0, &e->attr);
+		if (i)
+			shadow_stat(i, &ep.attr);
 		need = fuse_add_direntry_plus(req, buf + used, size - used, e->name, &ep,
 					      (off_t)k + 1);
 		if (need > size - used) {

@@ -120,12 +120,17 @@ static int write_stats(struct dfs *d)
 	fprintf(f,
 		"\"events\":{\"received\":%llu,\"echoes\":%llu,\"last_seq\":%llu,"
 		"\"agent_seq\":%llu,\"lag\":%llu,\"resyncs\":%llu,\"downs\":%llu,"
-		"\"reconnects\":%llu,\"invalidations\":%llu,\"replayed\":%llu},",
+		"\"reconnects\":%llu,\"invalidations\":%llu,\"replayed\":%llu,\"data\":%llu},",
 		LD(d->st.events), LD(d->st.events_echo), (unsigned long long)ev,
 		(unsigned long long)as, (unsigned long long)(as > ev ? as - ev : 0),
 		LD(d->st.resyncs), LD(d->st.stream_downs),
 		(unsigned long long)(d->watch ? dbx_watch_reconnects(d->watch) : 0),
-		LD(d->st.invalidations), LD(d->st.echoes_replayed));
+		LD(d->st.invalidations), LD(d->st.echoes_replayed), LD(d->st.events_data));
+	fprintf(f,
+		"\"writes\":{\"queued\":%llu,\"queued_max\":%llu,\"jobs\":%llu,\"retries\":%llu,"
+		"\"failed\":%llu,\"lost_bytes\":%llu},",
+		LD(d->st.wq_bytes), LD(d->st.wq_bytes_max), LD(d->st.wq_jobs), LD(d->st.wq_retries),
+		LD(d->st.wq_failed), LD(d->st.wq_lost_bytes));
 	fprintf(f, "\"inodes\":%zu,\"mirror_entries\":%zu}\n", inodes, entries);
 	if (fclose(f) != 0) {
 		r = -errno;

@@ -4,6 +4,7 @@ busy and lazy unmounts, --foreground, and the mount-helper path (`mount -t fuse.
 what /etc/fstab uses)."""
 import errno
 import json
+import re
 import os
 import signal
 import stat
@@ -300,10 +301,16 @@ def test_mount_t_fuse_devbox_fs(ctl, tmp_path, workspace, agent):
     # 1. `mount -t fuse.devbox-fs URL DIR -o OPTS`: mount(8) resets $PATH for its helpers, so
     #    run the helper it runs, /sbin/mount.fuse3, with the same arguments.
     d1 = new_dir(ctl, tmp_path, "m1")
-    subprocess.run(["mount.fuse3", ctl.url, d1, "-t", "fuse.devbox-fs", "-o", opts],
-                   env=env, check=True, timeout=60)
-    assert mount_type(d1) is not None
+    log = tmp_path / "m1.log"
+    subprocess.run(["mount.fuse3", ctl.url, d1, "-t", "fuse.devbox-fs", "-o",
+                    opts + ",log=%s" % log], env=env, check=True, timeout=60)
+    assert mount_type(d1) == "fuse.devbox-fs"
     assert open(os.path.join(d1, "via-helper.txt")).read() == "helper\n"
+    # the detached daemon's stderr is /dev/null: -o log=FILE keeps its log, with times
+    wait_until(lambda: "info: mounted" in log.read_text(), timeout=10, what="the log line")
+    assert re.search(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z devbox-fs\[\d+\]: info: mounted ",
+                     log.read_text(), re.M), log.read_text()
+    assert stat.S_IMODE(os.stat(log).st_mode) == 0o600
 
     # 2. mount(8) itself, as for the fstab line
     #    /path/to/devbox-fs#URL  DIR  fuse  OPTS  0  0
