@@ -100,8 +100,23 @@ static void apply_set(struct dfs *d, const struct dbx_event *ev)
 	}
 	if (!same_obj)
 		dir_changed(d, e->parent, ev->path, ev->seq);
+	/* A directory made (or moved in) remotely: the agent watches it before walking it and
+	 * reports every entry found as an event after this one, so its listing is known. */
+	if (!had && ev->kind == DBX_EV_MKDIR && S_ISDIR(ev->attr.mode))
+		e->complete = true;
 	e->seq = ev->seq;
 	e->own = false;
+	if (same_obj && !same_content && ev->has_data && S_ISREG(ev->attr.mode)) {
+		/* The new bytes came with the event: the next read needs no round trip. */
+		char *copy = malloc(ev->data_len ? ev->data_len : 1);
+
+		if (copy && ev->data_len)
+			memcpy(copy, ev->data, ev->data_len);
+		if (copy && itab_offer_content(d, ev->path, &ev->attr, copy, ev->data_len))
+			STAT_INC(d, events_data);
+		else
+			free(copy);
+	}
 	if (same_obj && !same_content)
 		notify_path(d, NQ_INODE_DATA, ev->path);
 	else if (same_obj)
@@ -369,7 +384,8 @@ static void on_event(void *ud, const struct dbx_event *ev)
 
 int events_start(struct dfs *d, const char *boot, uint64_t since)
 {
-	struct dbx_watch_config cfg = {.boot = boot && *boot ? boot : NULL, .since = since};
+	struct dbx_watch_config cfg = {.boot = boot && *boot ? boot : NULL, .since = since,
+				       .want_data = true};
 	struct dbx_watch_callbacks cb = {.hello = on_hello, .event = on_event, .down = on_down};
 	int r;
 
