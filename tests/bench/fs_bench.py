@@ -1155,6 +1155,10 @@ def main():
                 threading.Thread(target=lambda a=a: [None for _ in a.stdout],
                                  daemon=True).start()
 
+        # The data sets just written are still being flushed to disk: let that finish so it
+        # does not weigh on what follows (the agent's 256 MiB upload read 314 MiB/s in a run
+        # without this, 1092 standalone).
+        os.sync()
         if not args.no_micro:
             print("micro-benchmarks ...", flush=True)
             res["micro"] = run_micro(args, cfg, tmp)
