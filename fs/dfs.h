@@ -460,6 +460,8 @@ int wq_submit_attr(struct dfs *d, struct dfs_inode *i, const char *path, const s
 		   int to_set, struct dbx_attr *ret);
 /* i's refusal not reported yet (cleared), or with stalled_too 1 if its uploads are stalled. */
 int wq_error(struct dfs *d, struct dfs_inode *i, bool stalled_too);
+/* A refusal by the agent (ENOSPC, EACCES, ...): final, unlike a transport failure. */
+bool wq_refused(int r);
 /* Drops i's stalled uploads (the last close reported their failure); returns the bytes. */
 uint64_t wq_drop(struct dfs *d, struct dfs_inode *i);
 

@@ -254,30 +254,6 @@ out:
 
 /* ---- upload ---------------------------------------------------------------------------- */
 
-/* A refusal by the agent (the bytes will never be accepted as they are). */
-static bool refused(int r)
-{
-	switch (-r) {
-	case ENOSPC:
-	case EFBIG:
-	case EDQUOT:
-	case ENOENT:
-	case EROFS:
-	case EACCES:
-	case EPERM:
-	case EISDIR:
-	case EINVAL:
-	case ESTALE:
-	case ENOTDIR:
-	case ENAMETOOLONG:
-	case EXDEV:
-	case ENOMEM:
-		return true;
-	default:
-		return false;
-	}
-}
-
 /* Ends sh: its content, if it is version base of the agent's file, becomes the whole-file
  * cache.  Returns whether the kernel was given local attributes.  Caller holds sh.lock and
  * inode.lock. */
@@ -340,7 +316,7 @@ static int sh_upload(struct dfs *d, struct dfs_inode *i, struct shadow *sh, bool
 		free(path);
 		if (cancel && *cancel)
 			return -EINTR;
-		if (!refused(r))
+		if (!wq_refused(r))
 			return dfs_wire_errno(d, r); /* kept for the next attempt */
 		pthread_mutex_lock(&i->lock);
 		sh_clear(d, sh);

@@ -128,7 +128,7 @@ static bool retrying(struct dfs *d)
 
 /* A refusal by the agent: final, so the bytes go and the error is reported once.  Anything
  * else (a lost connection, a timeout) may succeed when repeated (an offset write can be). */
-static bool definitive(int r)
+bool wq_refused(int r)
 {
 	switch (-r) {
 	case ENOSPC:
@@ -477,7 +477,7 @@ static void finish(struct dfs *d, struct wjob *j, const char *path, int r)
 		q->backoff_ms = WQ_BACKOFF_MIN;
 		q->retry_at = 0;
 		job_free(d, j);
-	} else if (definitive(r) || q->stop) {
+	} else if (wq_refused(r) || q->stop) {
 		if (q->stop)
 			queue_add(q, j, true); /* counted as lost by wq_stop */
 		else
