@@ -158,12 +158,13 @@ fail:
 int fs_write_op(struct fs_op *o)
 {
 	char rel[PATH_MAX];
-	uint64_t off;
+	uint64_t off, ino;
 	bool trunc, create, excl, atomic, sync;
 	mode_t mode;
 	uintptr_t own = 0;
 	int r = fs_arg_path(o, "path", rel);
 	if (r < 0 || (r = fs_arg_u64(o, "offset", 0, &off)) < 0 ||
+	    (r = fs_arg_u64(o, "ino", 0, &ino)) < 0 ||
 	    (r = fs_arg_bool(o, "truncate", false, &trunc)) < 0 ||
 	    (r = fs_arg_bool(o, "create", true, &create)) < 0 ||
 	    (r = fs_arg_bool(o, "excl", false, &excl)) < 0 ||
@@ -174,9 +175,10 @@ int fs_write_op(struct fs_op *o)
 	if (off + o->src->len > o->ag->cfg.max_file_size)
 		return fs_fail(o, EFBIG, "write %s: beyond the file size limit (%llu)", rel,
 			       (unsigned long long)o->ag->cfg.max_file_size);
-	if (atomic && off)
+	if (atomic && (off || ino))
 		return fs_fail(o, EINVAL,
-			       "write %s: atomic writes replace the whole file (offset 0)", rel);
+			       "write %s: atomic writes replace the whole file (offset 0, no ino)",
+			       rel);
 	char *buf = malloc(AGENT_CHUNK);
 	if (!buf)
 		return fs_fail(o, ENOMEM, "write %s", rel);
@@ -186,14 +188,14 @@ int fs_write_op(struct fs_op *o)
 		return r;
 	}
 	int flags = O_WRONLY | O_NOCTTY | O_NONBLOCK;
-	/* With If-Match the file must exist: its version is what is compared. */
-	if ((create && !o->if_match) || excl)
+	/* With If-Match or ino the file must exist: it is what is compared. */
+	if ((create && !o->if_match && !ino) || excl)
 		flags |= O_CREAT;
 	if (excl)
 		flags |= O_EXCL;
 	int fd = dbx_path_open(o->ag->rootfd, rel, flags, mode & 07777, 0);
-	if (fd == -ENOENT && o->if_match) {
-		r = fs_fail(o, ESTALE, "write %s: If-Match %.64s: no such file", rel, o->if_match);
+	if (fd == -ENOENT && (o->if_match || ino)) {
+		r = fs_fail(o, ESTALE, "write %s: no such file (it was removed)", rel);
 		goto out;
 	}
 	if (fd < 0) {
@@ -211,6 +213,11 @@ int fs_write_op(struct fs_op *o)
 		goto out;
 	}
 	own = events_write_begin(&st);
+	if (ino && st.st_ino != ino) {
+		r = fs_fail(o, ESTALE, "write %s: now another file (ino %llu, not %llu)", rel,
+			    (unsigned long long)st.st_ino, (unsigned long long)ino);
+		goto out;
+	}
 	if (o->if_match && strcmp(fs_verstr(&st, ver), o->if_match)) {
 		r = fs_fail(o, ESTALE, "write %s: If-Match %.64s", rel, o->if_match);
 		goto out;
@@ -717,8 +724,9 @@ void fs_tree_route(struct req *r)
 		fs_reply_op(r, &o);
 		return;
 	}
-	/* The sequence number before the walk: events after it apply to the snapshot. */
-	uint64_t seq = events_seq(o.ag);
+	/* The sequence number before the walk (the one X-Dbx-Seq carries, read when the request
+	 * was dispatched): events after it apply to the snapshot. */
+	uint64_t seq = req_seq0(r);
 	const char *name;
 	int dfd = fs_parent(o.ag, rel, &name);
 	struct stat st;

@@ -150,6 +150,26 @@ static int on_hello(struct dbx_watch *w, const cJSON *m)
 	return 0;
 }
 
+/* A workspace path as events carry it: "." (the root) or names joined by single slashes, none
+ * of them "." or "..". */
+static bool event_path_ok(const char *p)
+{
+	if (!strcmp(p, "."))
+		return true;
+	if (!*p)
+		return false;
+	for (const char *s = p;;) {
+		const char *e = strchr(s, '/');
+		size_t n = e ? (size_t)(e - s) : strlen(s);
+
+		if (!n || (n == 1 && s[0] == '.') || (n == 2 && s[0] == '.' && s[1] == '.'))
+			return false;
+		if (!e)
+			return true;
+		s = e + 1;
+	}
+}
+
 static int on_event(struct dbx_watch *w, const cJSON *m, const char *kind)
 {
 	struct dbx_event ev = {0};
@@ -169,8 +189,27 @@ static int on_event(struct dbx_watch *w, const cJSON *m, const char *kind)
 	ev.to = dbx__json_str(m, "to");
 	if (ev.kind == DBX_EV_RENAME && !ev.to)
 		return -EPROTO;
+	if (ev.kind != DBX_EV_OVERFLOW) {
+		size_t pl = strlen(ev.path);
+		bool bad = !event_path_ok(ev.path) || (ev.to && !event_path_ok(ev.to));
+
+		/* Renaming the root, or a directory into itself, is not a change that can happen. */
+		if (!bad && ev.to)
+			bad = !strcmp(ev.path, ".") || !strcmp(ev.to, ".") ||
+			      (!strncmp(ev.to, ev.path, pl) && ev.to[pl] == '/');
+		if (bad) {
+			/* Whatever it meant, the client's copy can no longer be trusted. */
+			dbx__log(1, "watch: event %llu: invalid path \"%.64s\"%s%.64s%s: "
+				    "reported as overflow",
+				 (unsigned long long)ev.seq, ev.path, ev.to ? " -> \"" : "",
+				 ev.to ? ev.to : "", ev.to ? "\"" : "");
+			ev.kind = DBX_EV_OVERFLOW;
+			ev.path = "";
+			ev.to = NULL;
+		}
+	}
 	const cJSON *attr = cJSON_GetObjectItemCaseSensitive(m, "attr");
-	if (cJSON_IsObject(attr)) {
+	if (cJSON_IsObject(attr) && ev.kind != DBX_EV_OVERFLOW) {
 		if (dbx__attr_from_json(attr, &ev.attr, &ev.target) == 0)
 			ev.has_attr = true;
 		else

@@ -393,3 +393,77 @@ def test_watch_resumes_without_loss_or_duplicates(agent):
         w.stop(signal.SIGKILL)
         w.check_clean()
         proxy.cut()
+
+
+def _fake_events_server(frames):
+    """A listening socket that answers /fs/v1/events with a WebSocket carrying `frames` (JSON
+    objects), then holds the connection; anything else gets `{}`.  Returns (port, close)."""
+    import base64
+    import hashlib
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    conns = []
+
+    def serve(c):
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = c.recv(4096)
+            if not chunk:
+                return
+            data += chunk
+        head = data.decode(errors="replace").split("\r\n")
+        if "/fs/v1/events" not in head[0]:
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 2\r\n\r\n{}")
+            return
+        key = [h.split(":", 1)[1].strip() for h in head
+               if h.lower().startswith("sec-websocket-key:")][0]
+        acc = base64.b64encode(hashlib.sha1(
+            (key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
+        c.sendall(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                   "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n" % acc).encode())
+        for f in frames:
+            b = json.dumps(f).encode()
+            c.sendall(bytes([0x81, len(b)]) + b)  # unmasked text frames, all < 126 bytes
+
+    def accept():
+        while True:
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                return
+            conns.append(c)
+            threading.Thread(target=serve, args=(c,), daemon=True).start()
+    threading.Thread(target=accept, daemon=True).start()
+
+    def close():
+        srv.close()
+        for c in conns:
+            c.close()
+    return srv.getsockname()[1], close
+
+
+def test_watch_turns_impossible_event_paths_into_overflow(agent):
+    """An agent (or something posing as one) sending paths that cannot name a workspace object
+    ("..", empty components, a directory renamed into itself) must not be trusted: each such
+    event reaches the client as an overflow (revalidate everything), and the stream goes on."""
+    b = {"boot": "b1"}
+    frames = [{"kind": "hello", "boot": "b1", "seq": 0, "session": "s", "resumed": True},
+              dict(b, seq=1, kind="create", path="a"),
+              dict(b, seq=2, kind="rename", path="d", to="d/x"),
+              dict(b, seq=3, kind="create", path="../etc/passwd"),
+              dict(b, seq=4, kind="delete", path="x//y"),
+              dict(b, seq=5, kind="rename", path=".", to="y"),
+              dict(b, seq=6, kind="create", path="b")]
+    port, close = _fake_events_server(frames)
+    w = Watch(agent, base="http://127.0.0.1:%d" % port)
+    try:
+        got = [w.next_line(10) for _ in range(6)]
+        assert got == ["1 create a", "2 overflow", "3 overflow", "4 overflow", "5 overflow",
+                       "6 create b"], got
+        assert w.stop(signal.SIGTERM) == 0
+    finally:
+        close()
+        w.stop(signal.SIGKILL)
+        w.check_clean()

@@ -214,6 +214,25 @@ def test_if_match(fs, workspace):
     assert fs.read("f") == b"two"
 
 
+def test_write_only_to_the_same_file(fs, workspace):
+    """`ino=`: an offset write lands only in the file with that ino (a handle of a file that
+    was replaced must not write into its successor); no file is created for it."""
+    a = fs.write("f", b"one")
+    b = fs.write("f", b"ONE", ino=a["ino"], create=0)
+    assert b["ino"] == a["ino"] and open(P(workspace, "f"), "rb").read() == b"ONE"
+    os.rename(P(workspace, "f"), P(workspace, "f.old"))
+    open(P(workspace, "g"), "wb").write(b"another")
+    os.rename(P(workspace, "g"), P(workspace, "f"))
+    assert os.stat(P(workspace, "f")).st_ino != a["ino"]
+    assert fs.err("PUT", "write", body=b"XX", path="f", ino=a["ino"]) == ("ESTALE", 412)
+    assert open(P(workspace, "f"), "rb").read() == b"another"
+    assert fs.err("PUT", "write", body=b"XX", path="gone", ino=a["ino"]) == ("ESTALE", 412)
+    assert not os.path.exists(P(workspace, "gone"))
+    assert fs.err("PUT", "write", body=b"XX", path="f", ino="x")[0] == "EINVAL"
+    assert fs.err("PUT", "write", body=b"XX", path="f", ino=1, atomic=1)[0] == "EINVAL"
+    assert fs.read("f") == b"another"
+
+
 def test_atomic_write(fs, workspace):
     open(P(workspace, "f"), "wb").write(b"old content")
     os.chmod(P(workspace, "f"), 0o640)

@@ -73,6 +73,7 @@ struct dbx_write_opts {
 	bool fsync;
 	uint32_t mode;        /* for a new file; 0: 0644 */
 	const char *if_match; /* version the write is based on; -ESTALE if it changed */
+	uint64_t if_ino;      /* nonzero: -ESTALE unless path is still this file (attr ino) */
 };
 /* opts NULL: offset 0, create, no truncate.  ret_attr may be NULL. */
 DBX_API int dbx_fs_pwrite(dbx_client *c, const char *path, const void *buf, size_t len,
