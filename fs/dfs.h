@@ -3,15 +3,16 @@
  * devbox-fs internal contract: the daemon context and the modules' entry points.
  *
  * Threads (see main.c for the full model): libfuse workers run the ops (ops.c, io.c); the watch
- * thread of libdevbox applies change events to the mirror (events.c); one notifier thread
- * (notify.c) is the only caller of fuse_lowlevel_notify_*; one stats thread writes the counters
+ * thread of libdevbox applies change events to the mirror (events.c); the notifier threads
+ * (notify.c, one per queue shard) are the only callers of fuse_lowlevel_notify_*; one stats thread writes the counters
  * file (stats.c); the uploaders of the write queue (wq.c) send buffered writes.  Lock order,
  * where two are ever held together: shadow.lock -> inode.wlock -> mirror.lock -> itab.lock ->
  * inode.lock, and wq.lock last of all (under it only the leaf locks of the logger and of the
  * notifier's queue are taken).  No lock is held across a remote call except shadow.lock
- * (write-back shadow, shadow.c) and mut_lock (shared, by mutations; taken before any other
- * lock); inode.wlock (write buffer) is held while a writer waits, bounded, for room in the write
- * queue, never across an upload.
+ * (write-back shadow, shadow.c) and mut_lock (shared, by a mutation while its request is out,
+ * not while it waits for uploads; exclusive, by the watch thread applying one event or
+ * swapping in a reloaded tree; taken before any other lock); inode.wlock (write buffer) is held
+ * while a writer waits, bounded, for room in the write queue, never across an upload.
  */
 #ifndef DFS_H
 #define DFS_H
@@ -88,7 +89,8 @@ struct ment {
 	bool stale;          /* attrs need a remote refresh (dir changed under it) */
 	bool seen;           /* scratch for mirror_fill_dir */
 	uint64_t seq;        /* event seq this state reflects (events <= it are older) */
-	uint64_t dseq;       /* dir: seq of our last name change in it */
+	uint64_t dseq;       /* dir: seq of the last change of its names (ours: reply seq + 1) */
+	uint32_t names_gen;  /* dir: bumped by every name added, removed or changing type */
 	uint32_t stale_gen;  /* bumped whenever marked stale: a refresh sent before keeps it */
 	bool refresh_queued; /* a background stat of it is queued (ra.c) */
 	bool own;            /* attr came from the reply to our own change */
@@ -100,8 +102,14 @@ struct mirror {
 	struct htab names;
 	struct ment *root;
 	uint64_t gen;      /* bumped on every change: ops re-check an answer given meanwhile */
-	struct htab tombs; /* names our own ops removed, with the reply seq (late events) */
+	struct htab tombs; /* names removed (by events or our own ops), with their seq */
+	uint64_t tomb_floor; /* newest tomb forgotten: listings older than it are refused */
+	uint64_t stream_seq; /* last event applied: tombs at or below it are done with events */
 	size_t entries;
+	/* While a resync loads the tree: the paths our operations changed meanwhile. */
+	bool journaling, jlost;
+	char **jv;
+	size_t jn, jcap;
 };
 
 int mirror_init(struct mirror *m);
@@ -127,16 +135,32 @@ struct listing {
 };
 void listing_free(struct listing *l);
 int listing_add(struct listing *l, const char *name, const struct dbx_attr *a, const char *target);
+/* Merges a listing of dir made at seq (the reply's event position) into the mirror, keeping
+ * every newer state; 0 (dir complete), 1 (refused: too old to merge), or -errno. */
 int mirror_fill_dir(struct mirror *m, const char *path, const struct listing *l, uint64_t seq);
 /* Loads the tree under "" into m (which must be empty).  ret_seq/ret_boot: the snapshot's
  * event position. */
 struct dfs;
 int mirror_load(struct dfs *d, struct mirror *m, uint64_t *ret_seq, char ret_boot[33]);
+/* Resync: the tree is loaded into a new mirror while operations go on against m; what they
+ * changed (journal) is copied from m into the new mirror before the two are swapped.  replay:
+ * false if some change could not be recorded (out of memory). */
+void mirror_journal_begin(struct mirror *m);
+bool mirror_journal_replay(struct mirror *m, struct mirror *nw);
+void mirror_journal_end(struct mirror *m);
 /* Detaches old root (for resync): moves src's content into dst and leaves src empty. */
 void mirror_swap(struct mirror *a, struct mirror *b);
-/* Tombstones: path removed by our own op at seq (events for it up to seq are older). */
+/* Tombstones: path removed at seq (by an event, or our own op: then its reply seq + 1); events
+ * for it up to seq are older, and so is a listing made before seq. */
 void mirror_tomb_set(struct mirror *m, const char *path, uint64_t seq);
 uint64_t mirror_tomb_get(struct mirror *m, const char *path);
+/* Our own removal of path (at seq) succeeded: its delete event, whenever it comes,
+ * is the echo, even if path holds a newer object of ours by then (its seq cannot tell: the
+ * agent may publish the delete after our next create's reply).  take: true (and counted
+ * off) for such an echo.  forget: after a resync, no echo is owed. */
+void mirror_tomb_expect_echo(struct mirror *m, const char *path, uint64_t seq);
+bool mirror_tomb_take_echo(struct mirror *m, const char *path);
+void mirror_tomb_forget_echoes(struct mirror *m);
 char *ment_path(const struct ment *e); /* "" for the root; NULL on ENOMEM */
 /* Marks e's attributes stale and queues a background refresh (caller holds mirror.lock). */
 void mirror_mark_stale(struct dfs *d, struct ment *e);
@@ -191,7 +215,14 @@ void itab_fini(struct dfs *d);
 struct dfs_inode *itab_ref(struct dfs *d, const char *path, const struct dbx_attr *a);
 struct dfs_inode *itab_get(struct dfs *d, fuse_ino_t nodeid); /* borrowed (kernel holds it) */
 void itab_forget(struct dfs *d, fuse_ino_t nodeid, uint64_t n);
-char *itab_path(struct dfs *d, fuse_ino_t nodeid);          /* copy, NULL if unknown (-ENOMEM) */
+/* A copy of nodeid's path: 0, -ENOMEM, or -ESTALE when the inode is unknown or its name was
+ * removed or taken over by another object (what its open handles do must then fail rather
+ * than reach whatever holds that name now). */
+int itab_path(struct dfs *d, fuse_ino_t nodeid, char **ret);
+/* The last path nodeid had, also once removed: for messages only.  NULL if unknown. */
+char *itab_last_path(struct dfs *d, fuse_ino_t nodeid);
+/* True while the kernel holds (or is being handed) nodeid: lookups not yet forgotten. */
+bool itab_handed_out(struct dfs *d, fuse_ino_t nodeid);
 fuse_ino_t itab_nodeid_of(struct dfs *d, const char *path); /* 0 if none */
 void itab_rename(struct dfs *d, const char *from, const char *to, bool exchange);
 void itab_repath(struct dfs *d, struct dfs_inode *i, const char *path);
@@ -209,6 +240,9 @@ void notify_stop(struct dfs *d);
 /* Queue a kernel invalidation by path (resolved to a nodeid by the notifier). */
 void notify_path(struct dfs *d, int kind, const char *path);
 void notify_nodeid(struct dfs *d, int kind, fuse_ino_t nodeid, const char *name);
+/* An inode invalidation delay_ms from now (see notify.c: a reply the kernel may take in after
+ * the invalidation meant to follow it). */
+void notify_nodeid_later(struct dfs *d, int kind, fuse_ino_t nodeid, unsigned delay_ms);
 
 /* ---- events (events.c) ---------------------------------------------------------------- */
 int events_start(struct dfs *d, const char *boot, uint64_t since);

@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 struct eitem {
@@ -40,7 +41,10 @@ struct echo {
 	struct eitem *cur; /* being replayed */
 	pthread_t thread;
 	char *mnt;
+	dev_t dev; /* the mount's device, checked at the first replay (0 before) */
 };
+
+#define FUSE_SUPER_MAGIC 0x65735546
 
 #define ECHO_QUEUE_MAX 100000 /* beyond: drop (watchers get the next ones) */
 
@@ -139,26 +143,39 @@ int echo_lookup(struct dfs *d, const char *path, struct dbx_attr *ret)
 	return r;
 }
 
-static char *mpath(struct echo *e, const char *rel)
+/* A replay goes through a descriptor of the mount's root, checked to be our mount: once the
+ * mount is gone (unmounted at exit, or by someone else) replays fail instead of reaching the
+ * directory underneath.  Held only for the replay, so it never keeps the mount busy. */
+static int root_fd(struct echo *e)
 {
-	char *p;
+	struct statfs sf;
+	struct stat st;
+	int fd = open(e->mnt, O_PATH | O_DIRECTORY | O_CLOEXEC);
 
-	if (asprintf(&p, "%s/%s", e->mnt, rel) < 0)
-		return NULL;
-	return p;
+	if (fd < 0)
+		return -errno;
+	if (fstat(fd, &st) < 0 || (e->dev && st.st_dev != e->dev) ||
+	    (!e->dev && (fstatfs(fd, &sf) < 0 || sf.f_type != FUSE_SUPER_MAGIC))) {
+		close(fd);
+		return -ENOTCONN; /* not (or no longer) our mount */
+	}
+	e->dev = st.st_dev;
+	return fd;
 }
 
 static void replay(struct dfs *d, struct echo *e, struct eitem *it)
 {
-	char *p = mpath(e, it->path), *q = it->to ? mpath(e, it->to) : NULL;
-	int r = 0, fd;
+	const char *p = it->path, *q = it->to;
+	int r = 0, fd, dfd = root_fd(e);
 
-	if (!p || (it->to && !q))
+	if (dfd < 0) {
+		r = dfd;
 		goto out;
+	}
 	switch (it->kind) {
 	case EC_CREATE:
-		fd = open(p, O_CREAT | O_WRONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC,
-			  it->attr.mode & 07777);
+		fd = openat(dfd, p, O_CREAT | O_WRONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC,
+			    it->attr.mode & 07777);
 		if (fd < 0) {
 			r = -errno;
 		} else {
@@ -169,39 +186,49 @@ static void replay(struct dfs *d, struct echo *e, struct eitem *it)
 		}
 		break;
 	case EC_MKDIR:
-		r = mkdir(p, it->attr.mode & 07777) < 0 ? -errno : 0;
+		r = mkdirat(dfd, p, it->attr.mode & 07777) < 0 ? -errno : 0;
 		break;
 	case EC_SYMLINK:
-		r = symlink(it->target ? it->target : "", p) < 0 ? -errno : 0;
+		r = symlinkat(it->target ? it->target : "", dfd, p) < 0 ? -errno : 0;
 		break;
 	case EC_MKFIFO:
-		r = mknod(p, S_IFIFO | (it->attr.mode & 07777), 0) < 0 ? -errno : 0;
+		r = mknodat(dfd, p, S_IFIFO | (it->attr.mode & 07777), 0) < 0 ? -errno : 0;
 		break;
-	case EC_MODIFY:
-		r = truncate(p, (off_t)it->attr.size) < 0 ? -errno : 0;
+	case EC_MODIFY: {
+		/* truncate(2) by a path through the descriptor: a setattr, as before, not an
+		 * open (which watchers would see as a close-after-write). */
+		char *tp = NULL;
+
+		if (asprintf(&tp, "/proc/self/fd/%d/%s", dfd, p) < 0)
+			r = -ENOMEM;
+		else
+			r = truncate(tp, (off_t)it->attr.size) < 0 ? -errno : 0;
+		free(tp);
 		break;
+	}
 	case EC_ATTRIB: {
 		struct timespec tv[2] = {it->attr.atime, it->attr.mtime};
 
-		r = utimensat(AT_FDCWD, p, tv, AT_SYMLINK_NOFOLLOW) < 0 ? -errno : 0;
+		r = utimensat(dfd, p, tv, AT_SYMLINK_NOFOLLOW) < 0 ? -errno : 0;
 		break;
 	}
 	case EC_UNLINK:
-		r = unlink(p) < 0 ? -errno : 0;
+		r = unlinkat(dfd, p, 0) < 0 ? -errno : 0;
 		break;
 	case EC_RMDIR:
-		r = rmdir(p) < 0 ? -errno : 0;
+		r = unlinkat(dfd, p, AT_REMOVEDIR) < 0 ? -errno : 0;
 		break;
 	case EC_RENAME:
-		r = rename(p, q) < 0 ? -errno : 0;
+		r = q && renameat(dfd, p, dfd, q) < 0 ? -errno : 0;
 		break;
 	}
+out:
 	if (r < 0 && d->debug)
 		dfs_log(DFS_DEBUG, "echo %d %s: %s", it->kind, it->path, strerror(-r));
-	STAT_INC(d, echoes_replayed);
-out:
-	free(p);
-	free(q);
+	if (dfd >= 0) {
+		close(dfd);
+		STAT_INC(d, echoes_replayed);
+	}
 }
 
 static void *echo_main(void *arg)
@@ -244,6 +271,7 @@ int echo_start(struct dfs *d, const char *mnt)
 		free(e);
 		return -ENOMEM;
 	}
+
 	pthread_mutex_init(&e->lock, NULL);
 	pthread_cond_init(&e->cond, NULL);
 	d->echo = e;

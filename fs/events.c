@@ -104,6 +104,8 @@ static void apply_set(struct dfs *d, const struct dbx_event *ev)
 	 * reports every entry found as an event after this one, so its listing is known. */
 	if (!had && ev->kind == DBX_EV_MKDIR && S_ISDIR(ev->attr.mode))
 		e->complete = true;
+	if (!same_obj && S_ISDIR(ev->attr.mode))
+		e->dseq = ev->seq; /* a listing from before it is of something else */
 	e->seq = ev->seq;
 	e->own = false;
 	if (same_obj && !same_content && ev->has_data && S_ISREG(ev->attr.mode)) {
@@ -147,7 +149,8 @@ static void apply_delete(struct dfs *d, const struct dbx_event *ev)
 
 	pthread_mutex_lock(&m->lock);
 	old = mirror_find(m, ev->path);
-	if (!old || old == m->root || old->seq >= ev->seq) {
+	if (mirror_tomb_take_echo(m, ev->path) || !old || old == m->root ||
+	    old->seq >= ev->seq) {
 		pthread_mutex_unlock(&m->lock);
 		STAT_INC(d, events_echo);
 		return;
@@ -155,6 +158,7 @@ static void apply_delete(struct dfs *d, const struct dbx_event *ev)
 	last = old->attr;
 	dir_changed(d, old->parent, ev->path, ev->seq);
 	mirror_detach(m, old);
+	mirror_tomb_set(m, ev->path, ev->seq);
 	pthread_mutex_unlock(&m->lock);
 	itab_unlinked(d, ev->path, &last);
 	if (d->echo_on)
@@ -215,9 +219,15 @@ static void apply_rename(struct dfs *d, const struct dbx_event *ev)
 		dir_changed(d, src->parent, ev->path, ev->seq);
 	}
 	mirror_move(m, ev->path, ev->to, false);
+	mirror_tomb_set(m, ev->path, ev->seq);
 	dst = ev->has_attr ? mirror_set(m, ev->to, &ev->attr, ev->target) : mirror_find(m, ev->to);
-	if (dst)
+	if (dst) {
 		moved = dst->attr;
+		dst->seq = ev->seq;
+		dst->own = false;
+		if (S_ISDIR(dst->attr.mode))
+			dst->dseq = ev->seq;
+	}
 	dir_changed(d, dst ? dst->parent : NULL, ev->to, ev->seq);
 	pthread_mutex_unlock(&m->lock);
 	itab_unlinked(d, ev->to, NULL);
@@ -273,6 +283,8 @@ static void diff_inode(struct dfs *d, struct dfs_inode *i, struct mirror *old, s
 		notify_nodeid(d, NQ_INODE_DATA, i->nodeid, NULL);
 }
 
+/* Reloads the tree.  Operations go on meanwhile (answered by the agent, the mirror being
+ * unhealthy); only the final merge and swap hold mut_lock, as events do. */
 static void resync(struct dfs *d)
 {
 	struct mirror nw;
@@ -284,13 +296,28 @@ static void resync(struct dfs *d)
 	STAT_INC(d, resyncs);
 	if (mirror_init(&nw) < 0)
 		return;
+	pthread_mutex_lock(&d->mirror.lock);
+	mirror_journal_begin(&d->mirror);
+	pthread_mutex_unlock(&d->mirror.lock);
+	/* A deadline, so that an agent that stalls cannot hold the stream forever. */
+	if (!d->hard)
+		dbx_thread_set_deadline(now_ms() + (uint64_t)d->op_timeout_ms * 10);
 	r = mirror_load(d, &nw, &seq, boot);
+	dbx_thread_set_deadline(0);
 	if (r < 0) {
 		dfs_log(DFS_WARN, "resync: %s", dbx_error_last());
+		pthread_mutex_lock(&d->mirror.lock);
+		mirror_journal_end(&d->mirror);
+		pthread_mutex_unlock(&d->mirror.lock);
 		mirror_fini(&nw);
 		return;
 	}
+	pthread_rwlock_wrlock(&d->mut_lock);
 	pthread_mutex_lock(&d->mirror.lock);
+	if (!mirror_journal_replay(&d->mirror, &nw))
+		dfs_log(DFS_WARN, "resync: out of memory recording changes made meanwhile; "
+				  "some may show late");
+	mirror_journal_end(&d->mirror);
 	pthread_mutex_lock(&d->itab.lock);
 	for (size_t b = 0; b < d->itab.by_id.nb; b++)
 		for (struct hnode *h = d->itab.by_id.b[b]; h; h = h->next) {
@@ -301,7 +328,11 @@ static void resync(struct dfs *d)
 		}
 	pthread_mutex_unlock(&d->itab.lock);
 	mirror_swap(&d->mirror, &nw);
+	if (d->mirror.tomb_floor < seq)
+		d->mirror.tomb_floor = seq; /* a listing from before the tree may be older */
+	mirror_tomb_forget_echoes(&d->mirror); /* the tree has what the echoes would say */
 	pthread_mutex_unlock(&d->mirror.lock);
+	pthread_rwlock_unlock(&d->mut_lock);
 	mirror_fini(&nw);
 	atomic_store(&d->healthy, true);
 	dfs_log(DFS_INFO, "resynchronised with the workspace (%zu entries)", d->mirror.entries);
@@ -324,9 +355,7 @@ static void on_hello(void *ud, const struct dbx_watch_hello *h)
 	atomic_store(&d->st.agent_seq, h->seq);
 	if (!h->resumed) {
 		dfs_log(had ? DFS_INFO : DFS_DEBUG, "event stream did not resume: resync");
-		pthread_rwlock_wrlock(&d->mut_lock);
 		resync(d);
-		pthread_rwlock_unlock(&d->mut_lock);
 	} else {
 		if (had)
 			dfs_log(DFS_INFO, "event stream resumed at %llu",
@@ -360,6 +389,10 @@ static void on_event(void *ud, const struct dbx_event *ev)
 		dfs_log(DFS_DEBUG, "event %llu %s %s%s%s", (unsigned long long)ev->seq,
 			dbx_event_kind_name(ev->kind), ev->path, ev->to ? " -> " : "",
 			ev->to ? ev->to : "");
+	if (ev->kind == DBX_EV_OVERFLOW) {
+		resync(d); /* takes mut_lock itself, once the tree is loaded */
+		goto done;
+	}
 	pthread_rwlock_wrlock(&d->mut_lock);
 	switch (ev->kind) {
 	case DBX_EV_CREATE:
@@ -376,10 +409,13 @@ static void on_event(void *ud, const struct dbx_event *ev)
 		apply_rename(d, ev);
 		break;
 	case DBX_EV_OVERFLOW:
-		resync(d);
 		break;
 	}
 	pthread_rwlock_unlock(&d->mut_lock);
+done:
+	pthread_mutex_lock(&d->mirror.lock);
+	d->mirror.stream_seq = ev->seq;
+	pthread_mutex_unlock(&d->mirror.lock);
 }
 
 int events_start(struct dfs *d, const char *boot, uint64_t since)

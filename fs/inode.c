@@ -232,7 +232,23 @@ void itab_forget(struct dfs *d, fuse_ino_t nodeid, uint64_t n)
 	inode_free(d, i);
 }
 
-char *itab_path(struct dfs *d, fuse_ino_t nodeid)
+int itab_path(struct dfs *d, fuse_ino_t nodeid, char **ret)
+{
+	struct dfs_inode *i;
+	int r = -ESTALE;
+
+	*ret = NULL;
+	pthread_mutex_lock(&d->itab.lock);
+	i = find_id(&d->itab, nodeid);
+	if (i && i->path && (i->path_hashed || nodeid == FUSE_ROOT_ID)) {
+		*ret = strdup(i->path);
+		r = *ret ? 0 : -ENOMEM;
+	}
+	pthread_mutex_unlock(&d->itab.lock);
+	return r;
+}
+
+char *itab_last_path(struct dfs *d, fuse_ino_t nodeid)
 {
 	struct dfs_inode *i;
 	char *p = NULL;
@@ -243,6 +259,18 @@ char *itab_path(struct dfs *d, fuse_ino_t nodeid)
 		p = strdup(i->path);
 	pthread_mutex_unlock(&d->itab.lock);
 	return p;
+}
+
+bool itab_handed_out(struct dfs *d, fuse_ino_t nodeid)
+{
+	struct dfs_inode *i;
+	bool r;
+
+	pthread_mutex_lock(&d->itab.lock);
+	i = find_id(&d->itab, nodeid);
+	r = i && i->nlookup > 0;
+	pthread_mutex_unlock(&d->itab.lock);
+	return r;
 }
 
 fuse_ino_t itab_nodeid_of(struct dfs *d, const char *path)
@@ -281,6 +309,28 @@ void itab_rename(struct dfs *d, const char *from, const char *to, bool exchange)
 	size_t n = 0;
 
 	pthread_mutex_lock(&t->lock);
+	/* Files only: they are the only nodes that move (the kernel holds no node below a name
+	 * without holding the name's own), so no walk over every node. */
+	struct dfs_inode *fi = find_path(t, from), *ti = exchange ? find_path(t, to) : NULL;
+
+	if ((!fi || !S_ISDIR(fi->mode)) && (!ti || !S_ISDIR(ti->mode))) {
+		char *pf = fi ? strdup(to) : NULL, *pt = ti ? strdup(from) : NULL;
+
+		if ((!fi || pf) && (!ti || pt)) {
+			if (fi)
+				unhash_path(t, fi);
+			if (ti)
+				unhash_path(t, ti);
+			if (fi)
+				set_path(t, fi, pf);
+			if (ti)
+				set_path(t, ti, pt);
+			pthread_mutex_unlock(&t->lock);
+			return;
+		}
+		free(pf);
+		free(pt);
+	}
 	v = calloc(t->n + 1, sizeof(*v));
 	np = calloc(t->n + 1, sizeof(*np));
 	if (!v || !np)

@@ -64,9 +64,9 @@ static int wb_submit(struct dfs *d, struct dfs_inode *i, unsigned flags, const v
 
 	if (!i->wb.len)
 		return 0;
-	path = itab_path(d, i->nodeid);
-	if (!path)
-		return -ENOMEM;
+	r = itab_path(d, i->nodeid, &path);
+	if (r < 0)
+		return r;
 	r = wq_submit(d, i, path, &i->wb, flags, cancel);
 	free(path);
 	return r;
@@ -142,8 +142,7 @@ int io_attr_queued(struct dfs *d, struct dfs_inode *i, struct dbx_attr *ret)
 
 	if (!d->async_close || !S_ISREG(i->mode))
 		return 0;
-	path = itab_path(d, i->nodeid);
-	if (!path)
+	if (itab_path(d, i->nodeid, &path) < 0)
 		return 0;
 	/* Unsent writes in the buffer have no place in the answer: the caller waits for them. */
 	pthread_mutex_lock(&i->wlock);
@@ -188,7 +187,20 @@ void io_preserve(struct dfs *d, const char *path)
 	pthread_mutex_unlock(&i->lock);
 	if (!opens || io_flush_inode(d, i) < 0)
 		return;
+	/* The whole-file cache holds the current version already: it becomes the pinned copy. */
+	pthread_mutex_lock(&d->mirror.lock);
+	struct ment *e = mirror_find(&d->mirror, path);
+
+	if (e && e->attr.ino == i->rino && atomic_load(&d->healthy))
+		memcpy(ver, e->attr.ver, sizeof(ver));
+	pthread_mutex_unlock(&d->mirror.lock);
 	pthread_mutex_lock(&i->lock);
+	if (ver[0] && i->cache && !strcmp(i->cache_ver, ver)) {
+		i->pinned = true;
+		pthread_mutex_unlock(&i->lock);
+		return;
+	}
+	ver[0] = 0;
 	size = i->attr.size;
 	pthread_mutex_unlock(&i->lock);
 	if (size > DFS_PIN_MAX) {
@@ -275,9 +287,9 @@ void io_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		fuse_reply_err(req, ESTALE);
 		return;
 	}
-	path = itab_path(d, ino);
-	if (!path) {
-		fuse_reply_err(req, ENOMEM);
+	r = itab_path(d, ino, &path);
+	if (r < 0) {
+		fuse_reply_err(req, -r);
 		return;
 	}
 	if ((fi->flags & O_TRUNC) && (fi->flags & O_ACCMODE) != O_RDONLY) {
@@ -326,11 +338,11 @@ static void create_locked(fuse_req_t req, fuse_ino_t parent, const char *name, m
 		fuse_reply_err(req, ENAMETOOLONG);
 		return;
 	}
-	dir = itab_path(d, parent);
+	r = itab_path(d, parent, &dir);
 	path = dir ? path_join(dir, name) : NULL;
 	free(dir);
 	if (!path) {
-		fuse_reply_err(req, ENOMEM);
+		fuse_reply_err(req, r < 0 ? -r : ENOMEM);
 		return;
 	}
 	if (echo_req(d, req)) {
@@ -400,7 +412,7 @@ static void current_ver(struct dfs *d, struct dfs_inode *i, const char *path, ch
 		found = true;
 	}
 	pthread_mutex_unlock(&i->lock);
-	if (!found && atomic_load(&d->healthy)) {
+	if (!found && path && atomic_load(&d->healthy)) {
 		pthread_mutex_lock(&d->mirror.lock);
 		struct ment *e = mirror_find(&d->mirror, path);
 
@@ -468,9 +480,17 @@ void io_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse
 		fuse_reply_err(req, -r);
 		return;
 	}
-	path = itab_path(d, ino);
-	if (!path) {
-		fuse_reply_err(req, ENOMEM);
+	r = itab_path(d, ino, &path);
+	if (r == -ESTALE) {
+		/* Removed or replaced: only what the daemon holds of it is left to read (the
+		 * bytes pinned for its open handles, or a cached copy of its last version). */
+		current_ver(d, i, NULL, ver, &fsize);
+		if (!reply_cached(d, req, i, ver, size, off))
+			fuse_reply_err(req, ESTALE);
+		return;
+	}
+	if (r < 0) {
+		fuse_reply_err(req, -r);
 		return;
 	}
 	current_ver(d, i, path, ver, &fsize);
@@ -615,9 +635,9 @@ static int lock_call(struct dfs *d, fuse_req_t req, fuse_ino_t ino, struct dbx_l
 	pthread_mutex_unlock(&d->sess_lock);
 	if (!sess[0])
 		return -ENOLCK; /* no lock session while the event stream is down */
-	path = itab_path(d, ino);
-	if (!path)
-		return -ENOMEM;
+	r = itab_path(d, ino, &path);
+	if (r < 0)
+		return r;
 	/* Bounded slices under the client's request timeout; a signal ends the wait. */
 	l->timeout_ms = 20000;
 	op_begin(d, &o, req, l->wait);
@@ -780,7 +800,7 @@ void io_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	}
 	if (r < 0 && last) {
 		/* Nobody is left to retry what could not be stored (the close reported it). */
-		char *path = itab_path(d, ino);
+		char *path = itab_last_path(d, ino);
 		uint64_t n = (d->async_close ? 0 : wq_drop(d, i)) + shadow_drop(d, i);
 
 		pthread_mutex_lock(&i->wlock);
@@ -829,9 +849,9 @@ void io_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_inf
 		fuse_reply_err(req, -r);
 		return;
 	}
-	path = itab_path(d, ino);
-	if (!path) {
-		fuse_reply_err(req, ENOMEM);
+	r = itab_path(d, ino, &path);
+	if (r < 0) {
+		fuse_reply_err(req, -r);
 		return;
 	}
 	op_begin(d, &o, req, false);

@@ -15,7 +15,7 @@
  *   - libfuse workers (up to max_threads): the operations (ops.c, io.c); each may block on
  *     one bounded remote call.
  *   - the libdevbox watch thread: applies change events to the mirror (events.c).
- *   - the notifier (notify.c): the only caller of fuse_lowlevel_notify_*.
+ *   - the notifiers (notify.c, 4 queues): the only callers of fuse_lowlevel_notify_*.
  *   - the stats writer (stats.c).
  *   - the write queue's uploaders (wq.c): send buffered writes; drained and joined after the
  *     loop, before the other threads stop (exit status 1 if queued data could not be stored).
@@ -345,6 +345,26 @@ static int connect_box(struct dfs *d, struct cli *c)
 	return r;
 }
 
+/* True when file (its directory, resolved) lies in the directory tree mnt (resolved). */
+static bool inside(const char *mnt, const char *file)
+{
+	char *copy = strdup(file), dir[PATH_MAX];
+	char *slash = copy ? strrchr(copy, '/') : NULL;
+	bool r;
+
+	if (!copy)
+		return false;
+	if (slash == copy)
+		slash[1] = 0; /* "/x" -> "/" */
+	else if (slash)
+		*slash = 0;
+	r = realpath(slash ? copy : ".", dir) &&
+	    (!strcmp(mnt, "/") ||
+	     (!strncmp(dir, mnt, strlen(mnt)) && (!dir[strlen(mnt)] || dir[strlen(mnt)] == '/')));
+	free(copy);
+	return r;
+}
+
 static int default_stats_path(struct dfs *d)
 {
 	const char *rt = getenv("XDG_RUNTIME_DIR");
@@ -414,6 +434,16 @@ int main(int argc, char **argv)
 		ret = 0;
 		goto out;
 	}
+	/* Resolved now: the daemon later runs in "/" and must not look at it again. */
+	if (!realpath(c.mountpoint, mnt)) {
+		fprintf(stderr, "devbox-fs: mountpoint %s: %s\n", c.mountpoint, strerror(errno));
+		goto out;
+	}
+	if (c.log_file && inside(mnt, c.log_file)) {
+		fprintf(stderr, "devbox-fs: log file %s is inside the mountpoint %s\n", c.log_file,
+			mnt);
+		goto out;
+	}
 	if (c.log_file) {
 		int fd = open(c.log_file, O_WRONLY | O_APPEND | O_CREAT | O_NOCTTY | O_CLOEXEC, 0600);
 
@@ -429,9 +459,10 @@ int main(int argc, char **argv)
 	d->box = strdup(c.box);
 	if (!d->box || (!d->stats_path && default_stats_path(d) < 0))
 		goto out;
-	/* Resolved now: the daemon later runs in "/" and must not look at it again. */
-	if (!realpath(c.mountpoint, mnt)) {
-		fprintf(stderr, "devbox-fs: mountpoint %s: %s\n", c.mountpoint, strerror(errno));
+	/* The daemon never touches its own mount (a write there would wait for itself). */
+	if (inside(mnt, d->stats_path)) {
+		fprintf(stderr, "devbox-fs: stats file %s is inside the mountpoint %s\n",
+			d->stats_path, mnt);
 		goto out;
 	}
 
@@ -514,10 +545,18 @@ int main(int argc, char **argv)
 	if (r < 0)
 		dfs_log(DFS_ERR, "session loop: %s", strerror(-r));
 stop:
+	/* The mount goes first: storing the queued writes needs only the agent, and a process
+	 * that touches the mount meanwhile gets an error at once instead of hanging until the
+	 * drain is over (nobody serves the mount any more).  The replays of -o echo stop with it. */
+	echo_stop(d);
+	atomic_store(&d->mounted, false);
+	if (mounted) {
+		fuse_session_unmount(d->se);
+		mounted = false;
+	}
 	/* Queued writes are stored (or reported lost) while everything else still runs. */
 	if (wq_stop(d) != 0)
 		ret = 1;
-	echo_stop(d);
 	ra_stop(d);
 	events_stop(d);
 	notify_stop(d);

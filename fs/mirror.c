@@ -106,47 +106,41 @@ static void free_subtree(struct mirror *m, struct ment *e, bool unhash)
 struct tomb {
 	struct hnode h;
 	uint64_t seq;
+	unsigned echoes; /* delete events of our own removals still to come */
 	char path[];
 };
 
 #define TOMBS_MAX 4096
 
-static void tombs_clear(struct mirror *m)
+/* Removes the tombs the event stream has passed (and, if that is not enough, all of them):
+ * no event can be older than them any more; a listing that started before the newest one
+ * removed is refused (mirror_fill_dir), as it could bring back a name removed since. */
+static void tombs_prune(struct mirror *m, bool all)
 {
 	for (size_t b = 0; b < m->tombs.nb; b++) {
-		while (m->tombs.b[b]) {
-			struct tomb *t = container_of(m->tombs.b[b], struct tomb, h);
+		struct hnode **pp = &m->tombs.b[b];
 
+		while (*pp) {
+			struct tomb *t = container_of(*pp, struct tomb, h);
+
+			if (!all && (t->seq > m->stream_seq || t->echoes)) {
+				pp = &(*pp)->next;
+				continue;
+			}
+			if (m->tomb_floor < t->seq)
+				m->tomb_floor = t->seq;
 			htab_del(&m->tombs, &t->h);
 			free(t);
 		}
 	}
 }
 
-void mirror_tomb_set(struct mirror *m, const char *path, uint64_t seq)
+static void tombs_clear(struct mirror *m)
 {
-	uint64_t h = hash_str(path, 11);
-	struct tomb *t;
-
-	for (struct hnode *n = htab_first(&m->tombs, h); n; n = htab_next(n, h)) {
-		t = container_of(n, struct tomb, h);
-		if (!strcmp(t->path, path)) {
-			if (t->seq < seq)
-				t->seq = seq;
-			return;
-		}
-	}
-	if (m->tombs.n >= TOMBS_MAX)
-		tombs_clear(m); /* old enough: their late events have long arrived */
-	t = malloc(sizeof(*t) + strlen(path) + 1);
-	if (!t)
-		return;
-	t->seq = seq;
-	strcpy(t->path, path);
-	htab_add(&m->tombs, &t->h, h);
+	tombs_prune(m, true);
 }
 
-uint64_t mirror_tomb_get(struct mirror *m, const char *path)
+static struct tomb *tomb_find(struct mirror *m, const char *path)
 {
 	uint64_t h = hash_str(path, 11);
 
@@ -154,9 +148,65 @@ uint64_t mirror_tomb_get(struct mirror *m, const char *path)
 		struct tomb *t = container_of(n, struct tomb, h);
 
 		if (!strcmp(t->path, path))
-			return t->seq;
+			return t;
 	}
-	return 0;
+	return NULL;
+}
+
+void mirror_tomb_set(struct mirror *m, const char *path, uint64_t seq)
+{
+	struct tomb *t = tomb_find(m, path);
+
+	if (t) {
+		if (t->seq < seq)
+			t->seq = seq;
+		return;
+	}
+	if (m->tombs.n >= TOMBS_MAX)
+		tombs_prune(m, false);
+	if (m->tombs.n >= TOMBS_MAX)
+		tombs_prune(m, true);
+	t = malloc(sizeof(*t) + strlen(path) + 1);
+	if (!t)
+		return;
+	t->seq = seq;
+	t->echoes = 0;
+	strcpy(t->path, path);
+	htab_add(&m->tombs, &t->h, hash_str(path, 11));
+}
+
+uint64_t mirror_tomb_get(struct mirror *m, const char *path)
+{
+	struct tomb *t = tomb_find(m, path);
+
+	return t ? t->seq : 0;
+}
+
+void mirror_tomb_expect_echo(struct mirror *m, const char *path, uint64_t seq)
+{
+	struct tomb *t;
+
+	mirror_tomb_set(m, path, seq);
+	t = tomb_find(m, path);
+	if (t)
+		t->echoes++;
+}
+
+bool mirror_tomb_take_echo(struct mirror *m, const char *path)
+{
+	struct tomb *t = tomb_find(m, path);
+
+	if (!t || !t->echoes)
+		return false;
+	t->echoes--;
+	return true;
+}
+
+void mirror_tomb_forget_echoes(struct mirror *m)
+{
+	for (size_t b = 0; b < m->tombs.nb; b++)
+		for (struct hnode *n = m->tombs.b[b]; n; n = n->next)
+			container_of(n, struct tomb, h)->echoes = 0;
 }
 
 void mirror_fini(struct mirror *m)
@@ -165,6 +215,7 @@ void mirror_fini(struct mirror *m)
 		free_subtree(m, m->root, false);
 	m->root = NULL;
 	tombs_clear(m);
+	mirror_journal_end(m);
 	htab_fini(&m->tombs);
 	htab_fini(&m->names);
 	pthread_mutex_destroy(&m->lock);
@@ -199,6 +250,7 @@ static void link_child(struct mirror *m, struct ment *dir, struct ment *e)
 		dir->kids = e;
 	dir->kids_tail = e;
 	dir->nkids++;
+	dir->names_gen++;
 	htab_add(&m->names, &e->h, key_hash(dir, e->name));
 }
 
@@ -216,6 +268,7 @@ static void unlink_child(struct mirror *m, struct ment *e)
 	else
 		dir->kids_tail = e->prev;
 	dir->nkids--;
+	dir->names_gen++;
 	e->prev = e->next = NULL;
 	e->parent = NULL;
 }
@@ -247,11 +300,84 @@ static void drop_kids(struct mirror *m, struct ment *e)
 	}
 }
 
+/* ---- journal: what our own operations changed while a resync loaded the tree ---------- */
+
+static void journal_add(struct mirror *m, const char *path)
+{
+	if (!m->journaling)
+		return;
+	if (m->jn == m->jcap) {
+		size_t cap = m->jcap ? m->jcap * 2 : 64;
+		char **v = realloc(m->jv, cap * sizeof(*v));
+
+		if (!v) {
+			m->jlost = true;
+			return;
+		}
+		m->jv = v;
+		m->jcap = cap;
+	}
+	if (!(m->jv[m->jn] = strdup(path)))
+		m->jlost = true;
+	else
+		m->jn++;
+}
+
+void mirror_journal_begin(struct mirror *m)
+{
+	mirror_journal_end(m);
+	m->journaling = true;
+}
+
+void mirror_journal_end(struct mirror *m)
+{
+	for (size_t i = 0; i < m->jn; i++)
+		free(m->jv[i]);
+	free(m->jv);
+	m->jv = NULL;
+	m->jn = m->jcap = 0;
+	m->journaling = false;
+	m->jlost = false;
+}
+
+bool mirror_journal_replay(struct mirror *m, struct mirror *nw)
+{
+	bool journaling = m->journaling;
+
+	m->journaling = false; /* nw is changed below, m is only read */
+	for (size_t i = 0; i < m->jn; i++) {
+		const char *p = m->jv[i];
+		struct ment *o = mirror_find(m, p), *n = mirror_find(nw, p), *e;
+		bool same;
+
+		if (!o) {
+			if (n && n != nw->root)
+				mirror_detach(nw, n);
+			continue;
+		}
+		same = n && n->attr.ino == o->attr.ino &&
+		       (n->attr.mode & S_IFMT) == (o->attr.mode & S_IFMT);
+		e = mirror_set(nw, p, &o->attr, o->target);
+		if (!e)
+			continue; /* its directory is not in the tree's copy (yet): listed on use */
+		e->seq = o->seq;
+		e->dseq = o->dseq;
+		e->own = o->own;
+		e->own_gen = o->own_gen;
+		e->stale = o->stale;
+		if (!same)
+			e->complete = false;
+	}
+	m->journaling = journaling;
+	return !m->jlost;
+}
+
 struct ment *mirror_set(struct mirror *m, const char *path, const struct dbx_attr *a,
 			const char *target)
 {
 	struct ment *e;
 
+	journal_add(m, path);
 	if (!strcmp(path, ".") || !*path) {
 		e = m->root;
 	} else {
@@ -283,6 +409,8 @@ struct ment *mirror_set(struct mirror *m, const char *path, const struct dbx_att
 		drop_kids(m, e);
 		if (e != m->root)
 			e->complete = false;
+		if (e->parent)
+			e->parent->names_gen++; /* a listing holds each name's type and ino */
 	}
 	if (S_ISDIR(a->mode) && e->attr.ino == 0)
 		e->complete = false;
@@ -297,6 +425,15 @@ struct ment *mirror_set(struct mirror *m, const char *path, const struct dbx_att
 
 void mirror_detach(struct mirror *m, struct ment *e)
 {
+	if (m->journaling) {
+		char *p = ment_path(e);
+
+		if (p)
+			journal_add(m, p);
+		else
+			m->jlost = true;
+		free(p);
+	}
 	if (e == m->root) {
 		drop_kids(m, e);
 		e->complete = false;
@@ -327,6 +464,8 @@ void mirror_move(struct mirror *m, const char *from, const char *to, bool exchan
 
 	free(tdir);
 	m->gen++;
+	journal_add(m, from);
+	journal_add(m, to);
 	if (src == m->root || dst == m->root)
 		return;
 	if (exchange) {
@@ -416,33 +555,75 @@ int listing_add(struct listing *l, const char *name, const struct dbx_attr *a, c
 	return 0;
 }
 
+/* True when e's state is newer than a listing made at seq: set by an event after seq, or by
+ * the reply to our own change made while the listing was under way. */
+static bool newer_than(const struct ment *e, uint64_t seq)
+{
+	return e->seq > seq || (e->own && e->seq == seq);
+}
+
 int mirror_fill_dir(struct mirror *m, const char *path, const struct listing *l, uint64_t seq)
 {
-	struct ment *dir = mirror_set(m, path, &l->dir, NULL);
+	struct ment *dir = mirror_find(m, path);
 	struct ment *k, *next;
 
-	if (!dir)
-		return -ENOENT;
+	/* Events and our own replies may have been applied while the listing travelled.  They
+	 * are newer than it: merge, keeping every name and attribute set after seq and leaving
+	 * out the names removed after seq (tombstones). */
+	if (seq < m->tomb_floor)
+		return 1; /* a removal after seq may have been forgotten */
+	if (!dir && *path) {
+		char *dpath = path_dir(path);
+		struct ment *p = dpath ? mirror_find(m, dpath) : NULL;
+
+		free(dpath);
+		if (!p)
+			return -ENOENT;
+		if (p->dseq > seq || mirror_tomb_get(m, path) > seq)
+			return 1; /* removed or replaced since */
+	}
+	if (dir && (newer_than(dir, seq) || dir->dseq > seq)) {
+		if (!S_ISDIR(dir->attr.mode) || dir->attr.ino != l->dir.ino)
+			return 1; /* replaced since */
+	} else {
+		dir = mirror_set(m, path, &l->dir, NULL);
+		if (!dir)
+			return -ENOENT;
+		dir->seq = seq;
+		dir->own = false;
+	}
 	for (k = dir->kids; k; k = k->next)
 		k->seen = false;
 	for (size_t i = 0; i < l->n; i++) {
-		char *p = path_join(path, l->v[i].name);
-		struct ment *e = p ? mirror_set(m, p, &l->v[i].attr, l->v[i].target) : NULL;
+		const char *name = l->v[i].name;
+		struct ment *e = child_find(m, dir, name, strlen(name));
+		char *p;
 
+		if (e && newer_than(e, seq)) {
+			e->seen = true;
+			continue;
+		}
+		p = path_join(path, name);
+		if (!p)
+			return -ENOMEM;
+		if (!e && mirror_tomb_get(m, p) > seq) {
+			free(p);
+			continue;
+		}
+		e = mirror_set(m, p, &l->v[i].attr, l->v[i].target);
 		free(p);
 		if (!e)
 			return -ENOMEM;
 		e->seen = true;
 		e->seq = seq;
+		e->own = false;
 	}
 	for (k = dir->kids; k; k = next) {
 		next = k->next;
-		if (!k->seen)
+		if (!k->seen && !newer_than(k, seq))
 			mirror_detach(m, k);
 	}
 	dir->complete = true;
-	dir->stale = false;
-	dir->seq = seq;
 	return 0;
 }
 

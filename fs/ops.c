@@ -68,6 +68,13 @@ uint64_t reply_seq(void)
 	return meta && meta->valid ? meta->seq : 0;
 }
 
+/* When our own change of a name happened, for tombs and dseq: after the reply's seq (read
+ * before the handler ran), so a listing stamped with that same seq may predate it. */
+static uint64_t own_change_seq(void)
+{
+	return reply_seq() + 1;
+}
+
 int dfs_wire_errno(struct dfs *d, int r)
 {
 	switch (-r) {
@@ -118,7 +125,7 @@ void dfs_mirror_update(struct dfs *d, const char *path, const struct dbx_attr *a
 	}
 	if (e && parent_changed && e->parent) {
 		mirror_mark_stale(d, e->parent);
-		e->parent->dseq = e->seq;
+		e->parent->dseq = own_change_seq();
 	}
 	pthread_mutex_unlock(&d->mirror.lock);
 }
@@ -134,9 +141,9 @@ static void mirror_gone(struct dfs *d, const char *path, struct dbx_attr *ret_la
 			*ret_last = e->attr;
 		if (e->parent) {
 			mirror_mark_stale(d, e->parent);
-			e->parent->dseq = reply_seq();
+			e->parent->dseq = own_change_seq();
 		}
-		mirror_tomb_set(&d->mirror, path, reply_seq());
+		mirror_tomb_set(&d->mirror, path, own_change_seq());
 		mirror_detach(&d->mirror, e);
 	}
 	pthread_mutex_unlock(&d->mirror.lock);
@@ -302,7 +309,9 @@ static int list_cb(void *ud, const char *name, const struct dbx_attr *a, const c
 	return listing_add(ud, name, a, target);
 }
 
-static int load_dir(struct dfs *d, const char *path)
+/* 0: the mirror holds path's listing; 1: the listing was too old to merge (see
+ * mirror_fill_dir).  With keep, the listing itself is handed over either way. */
+static int load_dir(struct dfs *d, const char *path, struct listing *keep)
 {
 	struct listing l = {0};
 	int r;
@@ -313,6 +322,10 @@ static int load_dir(struct dfs *d, const char *path)
 		pthread_mutex_lock(&d->mirror.lock);
 		r = mirror_fill_dir(&d->mirror, path, &l, reply_seq());
 		pthread_mutex_unlock(&d->mirror.lock);
+		if (r >= 0 && keep) {
+			*keep = l;
+			return r;
+		}
 	} else if (r == -ENOENT) {
 		mirror_gone(d, path, NULL);
 	}
@@ -344,27 +357,32 @@ static void reply_entry(struct dfs *d, fuse_req_t req, const char *path, const s
 		itab_forget(d, i->nodeid, 1);
 }
 
-/* Copies the path of ino, replying ENOENT/ENOMEM itself on failure. */
+/* Copies the path of ino, replying ESTALE/ENOMEM itself on failure (see itab_path). */
 char *dfs_path_of(struct dfs *d, fuse_req_t req, fuse_ino_t ino)
 {
-	char *p = itab_path(d, ino);
+	char *p;
+	int r = itab_path(d, ino, &p);
 
-	if (!p)
-		fuse_reply_err(req, itab_get(d, ino) ? ENOMEM : ESTALE);
+	if (r < 0)
+		fuse_reply_err(req, -r);
 	return p;
 }
 
 static char *child_path(struct dfs *d, fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	char *dir, *p;
+	int r;
 
 	if (strlen(name) > NAME_MAX) {
 		fuse_reply_err(req, ENAMETOOLONG);
 		return NULL;
 	}
-	dir = dfs_path_of(d, req, parent);
-	if (!dir)
+	/* A directory that was removed (a shell's cwd) holds no names: ENOENT, as on a disk. */
+	r = itab_path(d, parent, &dir);
+	if (r < 0) {
+		fuse_reply_err(req, r == -ESTALE ? ENOENT : -r);
 		return NULL;
+	}
 	p = path_join(dir, name);
 	free(dir);
 	if (!p)
@@ -469,7 +487,7 @@ static void dfs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 		if (r == 1 && cold) {
 			/* A cold directory: one listing answers this and every sibling. */
 			op_begin(d, &o, req, false);
-			r = op_end(d, &o, load_dir(d, dir));
+			r = op_end(d, &o, load_dir(d, dir, NULL));
 			if (r >= 0) {
 				pthread_mutex_lock(&d->mirror.lock);
 				r = mirror_answer(d, path, &a, NULL);
@@ -650,8 +668,8 @@ static int setattr_needed(struct dfs *d, const char *path, const struct stat *at
 	return to_set;
 }
 
-static void dfs_setattr_locked(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
-			       struct fuse_file_info *fi)
+static void dfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
+			struct fuse_file_info *fi)
 {
 	struct dfs *d = req_dfs(req);
 	struct dfs_inode *i = itab_get(d, ino);
@@ -686,6 +704,8 @@ static void dfs_setattr_locked(fuse_req_t req, fuse_ino_t ino, struct stat *attr
 		if (r < 0)
 			goto out;
 	}
+	/* Waiting for uploads is done: the lock is held only while the change is sent. */
+	pthread_rwlock_rdlock(&d->mut_lock);
 	to_set = setattr_needed(d, path, attr, to_set);
 	op_begin(d, &o, req, false);
 	if (to_set & FUSE_SET_ATTR_MODE) {
@@ -724,9 +744,10 @@ static void dfs_setattr_locked(fuse_req_t req, fuse_ino_t ino, struct stat *attr
 	if (r == 0 && done) {
 		dfs_mirror_update(d, path, &a, NULL, false);
 		inode_set_attr(i, &a);
-	} else if (r == 0) {
-		r = dfs_inode_attr(d, req, ino, &a, &hit);
 	}
+	pthread_rwlock_unlock(&d->mut_lock);
+	if (r == 0 && !done)
+		r = dfs_inode_attr(d, req, ino, &a, &hit);
 out:
 	free(path);
 	if (r < 0) {
@@ -878,10 +899,11 @@ static void dfs_mkdir_locked(fuse_req_t req, fuse_ino_t parent, const char *name
 		e = mirror_set(&d->mirror, path, &a, NULL);
 		if (e) {
 			e->complete = true; /* just made: empty */
-			e->seq = e->dseq = reply_seq();
+			e->seq = reply_seq();
+			e->dseq = own_change_seq();
 			if (e->parent) {
 				mirror_mark_stale(d, e->parent);
-				e->parent->dseq = e->seq;
+				e->parent->dseq = e->dseq;
 			}
 		}
 		pthread_mutex_unlock(&d->mirror.lock);
@@ -908,14 +930,21 @@ static void remove_common(fuse_req_t req, fuse_ino_t parent, const char *name, b
 		free(path);
 		return;
 	}
-	op_begin(d, &o, req, false);
+	/* Before the lock and the deadline: pinning a big file's bytes may take a while. */
 	if (!dir)
 		io_preserve(d, path);
+	pthread_rwlock_rdlock(&d->mut_lock);
+	op_begin(d, &o, req, false);
 	REMOTE(d);
 	r = dir ? dbx_fs_rmdir(d->client, path) : dbx_fs_unlink(d->client, path);
 	r = op_end(d, &o, r);
 	if (r == 0 || r == -ENOENT) {
 		mirror_gone(d, path, &last);
+		if (r == 0) {
+			pthread_mutex_lock(&d->mirror.lock);
+			mirror_tomb_expect_echo(&d->mirror, path, own_change_seq());
+			pthread_mutex_unlock(&d->mirror.lock);
+		}
 		if (!dir && last.nlink > 1) {
 			pthread_mutex_lock(&d->mirror.lock);
 			stale_ino(d, d->mirror.root, last.ino);
@@ -943,22 +972,13 @@ static void remove_common(fuse_req_t req, fuse_ino_t parent, const char *name, b
 			free(other);
 		}
 	}
+	pthread_rwlock_unlock(&d->mut_lock);
 	fuse_reply_err(req, -r);
 	free(path);
 }
 
-static void dfs_unlink_locked(fuse_req_t req, fuse_ino_t parent, const char *name)
-{
-	remove_common(req, parent, name, false);
-}
-
-static void dfs_rmdir_locked(fuse_req_t req, fuse_ino_t parent, const char *name)
-{
-	remove_common(req, parent, name, true);
-}
-
-static void dfs_rename_locked(fuse_req_t req, fuse_ino_t parent, const char *name,
-			      fuse_ino_t newparent, const char *newname, unsigned int flags)
+static void dfs_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
+		       fuse_ino_t newparent, const char *newname, unsigned int flags)
 {
 	struct dfs *d = req_dfs(req);
 	struct dbx_attr a, last = {0};
@@ -992,12 +1012,15 @@ static void dfs_rename_locked(fuse_req_t req, fuse_ino_t parent, const char *nam
 		fuse_reply_err(req, -r);
 		goto out;
 	}
-	op_begin(d, &o, req, false);
 	if (!exchange)
 		io_preserve(d, to);
+	/* Flushes and the pinning are done: the lock is held only while the change is sent. */
+	pthread_rwlock_rdlock(&d->mut_lock);
+	op_begin(d, &o, req, false);
 	REMOTE(d);
 	r = op_end(d, &o, dbx_fs_rename(d->client, from, to, flags, &a));
 	if (r < 0) {
+		pthread_rwlock_unlock(&d->mut_lock);
 		fuse_reply_err(req, -r);
 		goto out;
 	}
@@ -1010,20 +1033,24 @@ static void dfs_rename_locked(fuse_req_t req, fuse_ino_t parent, const char *nam
 	struct ment *e = mirror_set(&d->mirror, to, &a, NULL);
 	struct ment *fp = mirror_find(&d->mirror, from);
 
-	uint64_t seq = reply_seq();
+	uint64_t seq = reply_seq(), cseq = own_change_seq();
 
 	if (e) {
 		e->seq = seq;
+		if (S_ISDIR(e->attr.mode))
+			e->dseq = cseq;
 		if (e->parent) {
 			mirror_mark_stale(d, e->parent);
-			e->parent->dseq = seq;
+			e->parent->dseq = cseq;
 		}
 	}
 	if (exchange && fp) {
 		fp->seq = seq;
+		if (S_ISDIR(fp->attr.mode))
+			fp->dseq = cseq;
 		if (fp->parent) {
 			mirror_mark_stale(d, fp->parent);
-			fp->parent->dseq = seq;
+			fp->parent->dseq = cseq;
 		}
 	}
 	if (!exchange) {
@@ -1032,23 +1059,24 @@ static void dfs_rename_locked(fuse_req_t req, fuse_ino_t parent, const char *nam
 
 		if (fd) {
 			mirror_mark_stale(d, fd);
-			fd->dseq = seq;
+			fd->dseq = cseq;
 		}
 		free(fdir);
-		mirror_tomb_set(&d->mirror, from, seq);
+		mirror_tomb_set(&d->mirror, from, cseq);
 	}
 	pthread_mutex_unlock(&d->mirror.lock);
 	if (!exchange && last.ino && last.ino != a.ino)
 		itab_unlinked(d, to, &last);
 	itab_rename(d, from, to, exchange);
+	pthread_rwlock_unlock(&d->mut_lock);
 	fuse_reply_err(req, 0);
 out:
 	free(from);
 	free(to);
 }
 
-static void dfs_link_locked(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent,
-			    const char *newname)
+static void dfs_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent,
+		     const char *newname)
 {
 	struct dfs *d = req_dfs(req);
 	struct dbx_attr a;
@@ -1075,10 +1103,12 @@ static void dfs_link_locked(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent
 		free(to);
 		return;
 	}
+	pthread_rwlock_rdlock(&d->mut_lock);
 	op_begin(d, &o, req, false);
 	REMOTE(d);
 	r = op_end(d, &o, dbx_fs_link(d->client, from, to, &a));
 	if (r < 0) {
+		pthread_rwlock_unlock(&d->mut_lock);
 		fuse_reply_err(req, -r);
 	} else {
 		dfs_mirror_update(d, from, &a, NULL, false);
@@ -1092,6 +1122,7 @@ static void dfs_link_locked(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent
 		if (t)
 			t->stale = false;
 		pthread_mutex_unlock(&d->mirror.lock);
+		pthread_rwlock_unlock(&d->mut_lock);
 		reply_entry(d, req, to, &a);
 	}
 	free(from);
@@ -1106,9 +1137,11 @@ struct dsnap {
 	struct dsent {
 		char *name;
 		struct dbx_attr attr;
+		bool stale; /* attrs await a refresh: the kernel must not keep them */
 	} * v;
 	char *path;
 	uint64_t gen; /* mirror generation the entries were copied at (0: from the agent) */
+	uint32_t names_gen; /* the directory's (mirror copies) */
 };
 
 static void dsnap_clear(struct dsnap *s)
@@ -1140,12 +1173,11 @@ static int snap_from_mirror(struct dfs *d, const char *path, struct dsnap *s)
 	struct ment *e = mirror_find(&d->mirror, path);
 	size_t k = 0;
 
-	if (!e || !S_ISDIR(e->attr.mode) || !e->complete || e->stale)
+	/* The names of a complete directory are exact even while its own attributes await a
+	 * refresh (stale), and the kernel takes none from "." and "..".  A stale child's attrs
+	 * go out with attr_timeout 0 (readdirplus). */
+	if (!e || !S_ISDIR(e->attr.mode) || !e->complete)
 		return 1;
-	/* readdirplus hands attrs to the kernel: none may be stale. */
-	for (struct ment *c = e->kids; c; c = c->next)
-		if (c->stale)
-			return 1;
 	s->v = calloc(e->nkids + 2, sizeof(*s->v));
 	if (!s->v)
 		return -ENOMEM;
@@ -1155,10 +1187,36 @@ static int snap_from_mirror(struct dfs *d, const char *path, struct dsnap *s)
 	s->v[k++].attr = e->parent ? e->parent->attr : e->attr;
 	for (struct ment *c = e->kids; c; c = c->next) {
 		s->v[k].name = strdup(c->name);
+		s->v[k].stale = c->stale;
 		s->v[k++].attr = c->attr;
 	}
 	s->n = k;
 	s->gen = d->mirror.gen;
+	s->names_gen = e->names_gen;
+	for (size_t i = 0; i < k; i++)
+		if (!s->v[i].name)
+			return -ENOMEM;
+	return 0;
+}
+
+static int snap_from_listing(struct dsnap *s, const struct listing *l)
+{
+	size_t k = 0;
+
+	s->v = calloc(l->n + 2, sizeof(*s->v));
+	if (!s->v)
+		return -ENOMEM;
+	s->v[k].name = strdup(".");
+	s->v[k++].attr = l->dir;
+	s->v[k].name = strdup("..");
+	s->v[k++].attr = l->dir;
+	for (size_t i = 0; i < l->n; i++) {
+		s->v[k].name = strdup(l->v[i].name);
+		s->v[k].stale = true;
+		s->v[k++].attr = l->v[i].attr;
+	}
+	s->n = k;
+	s->gen = 0;
 	for (size_t i = 0; i < k; i++)
 		if (!s->v[i].name)
 			return -ENOMEM;
@@ -1191,15 +1249,22 @@ static void dfs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *f
 			STAT_INC(d, readdir_hits);
 	}
 	if (r == 1) {
+		struct listing l = {0};
+
 		op_begin(d, &o, req, false);
-		r = op_end(d, &o, load_dir(d, s->path));
-		if (r >= 0) {
+		r = op_end(d, &o, load_dir(d, s->path, &l));
+		if (r == 0) {
 			pthread_mutex_lock(&d->mirror.lock);
 			r = snap_from_mirror(d, s->path, s);
 			pthread_mutex_unlock(&d->mirror.lock);
-			if (r == 1)
-				r = -EIO;
 		}
+		if (r == 1) {
+			/* The mirror could not take it (or changed again): the agent's answer as
+			 * it is, which the kernel must not cache. */
+			r = snap_from_listing(s, &l);
+			healthy = false;
+		}
+		listing_free(&l);
 	}
 	if (r < 0) {
 		dsnap_free(s);
@@ -1249,7 +1314,11 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		pthread_mutex_unlock(&d->mirror.lock);
 		dsnap_clear(&fresh);
 	}
-	size_t first = (size_t)off, last = first;
+	size_t first = (size_t)off, last = first, nids = 0;
+	/* readdirplus: the nodes handed out, each one lookup the kernel now owes a forget for */
+	fuse_ino_t *ids = plus && off >= 0 && (size_t)off < s->n
+				  ? calloc(s->n - (size_t)off, sizeof(*ids))
+				  : NULL;
 
 	for (size_t k = (size_t)off; off >= 0 && k < s->n; k++, last = k) {
 		struct dsent *e = &s->v[k];
@@ -1278,6 +1347,8 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 				break;
 		}
 		fill_entry(d, &ep, i ? i->nodeid : 0, &e->attr);
+		if (e->stale)
+			ep.attr_timeout = 0;
 		if (i)
 			shadow_stat(i, &ep.attr);
 		need = fuse_add_direntry_plus(req, buf + used, size - used, e->name, &ep,
@@ -1288,16 +1359,17 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 			break;
 		}
 		used += need;
+		if (i && ids)
+			ids[nids++] = i->nodeid;
 	}
 	if (d->debug)
 		dfs_log(DFS_DEBUG, "readdir%s %s @%lld: %zu..%zu of %zu", plus ? "plus" : "",
 			s->path, (long long)off, first, last, s->n);
 	/* After the reply the handle may be released at once: keep what the check needs. */
-	struct dsnap sent = {.gen = s->gen};
+	struct dsnap sent = {.gen = s->gen, .names_gen = s->names_gen, .path = strdup(s->path)};
 
 	if (plus && last > first) {
 		sent.v = calloc(last - first, sizeof(*sent.v));
-		sent.path = strdup(s->path);
 		for (size_t k = first; sent.v && k < last; k++) {
 			sent.v[sent.n].name = strdup(s->v[k].name);
 			sent.v[sent.n].attr = s->v[k].attr;
@@ -1305,25 +1377,46 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 				sent.n++;
 		}
 	}
-	fuse_reply_buf(req, buf, used);
+	/* Not delivered (interrupted): the kernel did not take the lookups the entries carry. */
+	if (fuse_reply_buf(req, buf, used) < 0)
+		for (size_t k = 0; k < nids; k++)
+			itab_forget(d, ids[k], 1);
+	free(ids);
 	free(buf);
-	/* The mirror moved while these entries were on their way: drop what they installed. */
-	bool moved;
+	/* The mirror moved while these entries were on their way: drop what they installed, and
+	 * the kernel's copy of the listing if its names changed. */
+	bool any, moved = false;
 
 	pthread_mutex_lock(&d->mirror.lock);
-	moved = d->mirror.gen != sent.gen;
-	for (size_t k = 0; moved && sent.path && k < sent.n; k++) {
+	any = d->mirror.gen != sent.gen;
+	if (any && sent.gen) {
+		struct ment *dm = sent.path ? mirror_find(&d->mirror, sent.path) : NULL;
+
+		moved = !dm || dm->names_gen != sent.names_gen;
+	}
+	for (size_t k = 0; any && sent.path && k < sent.n; k++) {
 		const char *nm = sent.v[k].name;
 		char *p = strcmp(nm, ".") && strcmp(nm, "..") ? path_join(sent.path, nm) : NULL;
 		struct ment *e = p ? mirror_find(&d->mirror, p) : NULL;
 
 		if (p && (!e || e->attr.ino != sent.v[k].attr.ino))
 			notify_nodeid(d, NQ_ENTRY, ino, nm);
+		else if (p && !attr_same(&e->attr, &sent.v[k].attr))
+			/* Same object, newer attrs (a later batch of an older snapshot). */
+			notify_path(d,
+				    attr_same_content(&e->attr, &sent.v[k].attr) ? NQ_INODE_ATTR
+										 : NQ_INODE_DATA,
+				    p);
 		free(p);
 	}
 	pthread_mutex_unlock(&d->mirror.lock);
-	if (moved)
+	if (moved) {
+		/* Now, and again once the kernel has surely filled its directory cache from
+		 * this reply (it does so after our write returns, racing the first one). */
 		notify_nodeid(d, NQ_INODE_DATA, ino, NULL);
+		notify_nodeid_later(d, NQ_INODE_DATA, ino, 10);
+		notify_nodeid_later(d, NQ_INODE_DATA, ino, 100);
+	}
 	dsnap_clear(&sent);
 	free(sent.path);
 }
@@ -1358,17 +1451,8 @@ static void dfs_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, struct fu
 }
 
 /* ---- mutations run under mut_lock (shared), so the event thread applies their echoes after
- * the mirror holds their replies. ------------------------------------------------------- */
-
-static void dfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
-			struct fuse_file_info *fi)
-{
-	struct dfs *d = req_dfs(req);
-
-	pthread_rwlock_rdlock(&d->mut_lock);
-	dfs_setattr_locked(req, ino, attr, to_set, fi);
-	pthread_rwlock_unlock(&d->mut_lock);
-}
+ * the mirror holds their replies.  setattr, unlink, rmdir, rename and link take it themselves,
+ * once the uploads they wait for are done (events must not wait behind those). ---------- */
 
 static void dfs_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name)
 {
@@ -1399,39 +1483,12 @@ static void dfs_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 
 static void dfs_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
-	struct dfs *d = req_dfs(req);
-
-	pthread_rwlock_rdlock(&d->mut_lock);
-	dfs_unlink_locked(req, parent, name);
-	pthread_rwlock_unlock(&d->mut_lock);
+	remove_common(req, parent, name, false);
 }
 
 static void dfs_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
-	struct dfs *d = req_dfs(req);
-
-	pthread_rwlock_rdlock(&d->mut_lock);
-	dfs_rmdir_locked(req, parent, name);
-	pthread_rwlock_unlock(&d->mut_lock);
-}
-
-static void dfs_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
-		       const char *newname, unsigned int flags)
-{
-	struct dfs *d = req_dfs(req);
-
-	pthread_rwlock_rdlock(&d->mut_lock);
-	dfs_rename_locked(req, parent, name, newparent, newname, flags);
-	pthread_rwlock_unlock(&d->mut_lock);
-}
-
-static void dfs_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname)
-{
-	struct dfs *d = req_dfs(req);
-
-	pthread_rwlock_rdlock(&d->mut_lock);
-	dfs_link_locked(req, ino, newparent, newname);
-	pthread_rwlock_unlock(&d->mut_lock);
+	remove_common(req, parent, name, true);
 }
 
 /* ---- session ------------------------------------------------------------------------- */

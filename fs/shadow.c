@@ -179,9 +179,8 @@ static int sh_load(struct dfs *d, fuse_req_t req, struct dfs_inode *i, struct sh
 	pthread_mutex_unlock(&i->wlock);
 	if (busy || wq_wait(d, i, 0, NULL) != 0)
 		return 1;
-	path = itab_path(d, i->nodeid);
-	if (!path)
-		return -ENOMEM;
+	if (itab_path(d, i->nodeid, &path) < 0)
+		return 1; /* removed: io.c's path reports it */
 	if (!current(d, i, path, ver, &size) || size > DFS_SMALL_FILE)
 		goto out;
 	cap = sh_cap_for(end > size ? end : (size_t)size);
@@ -279,21 +278,36 @@ static bool sh_retire(struct dfs *d, struct dfs_inode *i, struct shadow *sh)
 	return told;
 }
 
+/* The agent will not take the copy's bytes (or the file is gone): the copy goes, and the
+ * kernel's pages with it. */
+static void sh_refused(struct dfs *d, struct dfs_inode *i, struct shadow *sh)
+{
+	pthread_mutex_lock(&i->lock);
+	sh_clear(d, sh);
+	i->kc_ver[0] = 0;
+	pthread_mutex_unlock(&i->lock);
+	notify_nodeid(d, NQ_INODE_DATA, i->nodeid, NULL);
+}
+
 /* Sends the dirty span in one offset write, conditional on the base version: 1 sent, or
  * -errno.  Then the content becomes the cache of the new version.  Caller holds sh.lock. */
 static int sh_upload(struct dfs *d, struct dfs_inode *i, struct shadow *sh, bool fsync,
 		     const volatile int *cancel)
 {
-	struct dbx_write_opts w = {.offset = sh->dlo, .no_create = true, .fsync = fsync};
+	struct dbx_write_opts w = {
+		.offset = sh->dlo, .no_create = true, .fsync = fsync, .if_ino = i->rino};
 	size_t lo = sh->dlo, hi = sh->dhi;
 	bool conflict = false, told;
 	struct dbx_attr a;
 	char *path;
 	int r;
 
-	path = itab_path(d, i->nodeid);
-	if (!path)
-		return -ENOMEM;
+	r = itab_path(d, i->nodeid, &path);
+	if (r < 0) {
+		if (r == -ESTALE) /* removed or replaced: nowhere to write to */
+			sh_refused(d, i, sh);
+		return r;
+	}
 	w.if_match = sh->base[0] ? sh->base : NULL;
 	dbx_thread_set_cancel_flag(cancel);
 	if (!d->hard)
@@ -318,11 +332,7 @@ static int sh_upload(struct dfs *d, struct dfs_inode *i, struct shadow *sh, bool
 			return -EINTR;
 		if (!wq_refused(r))
 			return dfs_wire_errno(d, r); /* kept for the next attempt */
-		pthread_mutex_lock(&i->lock);
-		sh_clear(d, sh);
-		i->kc_ver[0] = 0;
-		pthread_mutex_unlock(&i->lock);
-		notify_nodeid(d, NQ_INODE_DATA, i->nodeid, NULL);
+		sh_refused(d, i, sh);
 		return r;
 	}
 	STAT_ADD(d, bytes_uploaded, hi - lo);
@@ -365,11 +375,11 @@ static int sh_submit(struct dfs *d, struct dfs_inode *i, struct shadow *sh, unsi
 	/* A copy: the queue may resize its buffer, readers may still read the shadow's. */
 	wb.cap = wb.len;
 	wb.buf = malloc(wb.len);
-	path = itab_path(d, i->nodeid);
-	if (!wb.buf || !path) {
+	r = itab_path(d, i->nodeid, &path);
+	if (!wb.buf || r < 0) {
 		free(wb.buf);
 		free(path);
-		return -ENOMEM;
+		return r < 0 ? r : -ENOMEM;
 	}
 	memcpy(wb.buf, sh->buf + sh->dlo, wb.len);
 	pthread_mutex_lock(&i->wlock);

@@ -78,6 +78,7 @@ struct wfile {
 	struct hnode h;            /* wq.files, by node id */
 	struct wfile *prev, *next; /* wq.all */
 	fuse_ino_t nodeid;
+	uint64_t rino;            /* the agent's ino: writes go only to that file */
 	char *path;               /* the last path a writer gave */
 	struct wjob *head, *tail; /* pending jobs */
 	unsigned njobs, running;
@@ -389,9 +390,9 @@ static int send_attr(struct dfs *d, const struct wjob *j, const char *path, stru
 	return r;
 }
 
-static int upload(struct dfs *d, const struct wjob *j, char **pathp)
+static int upload(struct dfs *d, const struct wjob *j, char **pathp, uint64_t rino)
 {
-	struct dbx_write_opts w = {.offset = j->off, .no_create = true};
+	struct dbx_write_opts w = {.offset = j->off, .no_create = true, .if_ino = rino};
 	const struct dbx_reply_meta *meta;
 	struct dbx_attr a;
 	char *again;
@@ -413,8 +414,7 @@ static int upload(struct dfs *d, const struct wjob *j, char **pathp)
 		if (r != -ENOENT)
 			break;
 		/* Renamed while the job waited: follow the file to its new name. */
-		again = itab_path(d, j->f->nodeid);
-		if (!again || !strcmp(again, *pathp)) {
+		if (itab_path(d, j->f->nodeid, &again) < 0 || !strcmp(again, *pathp)) {
 			free(again);
 			break;
 		}
@@ -543,15 +543,21 @@ static void *wq_main(void *arg)
 		queue_del(q, j);
 		j->f->running++;
 		path = j->f->path ? strdup(j->f->path) : NULL;
+		uint64_t rino = j->f->rino;
+		fuse_ino_t id = j->f->nodeid;
+
 		pthread_mutex_unlock(&q->lock);
 
-		char *cur = itab_path(d, j->f->nodeid);
+		char *cur;
 
+		/* Removed or replaced meanwhile: the bytes have no file left to go to. */
+		r = itab_path(d, id, &cur);
 		if (cur) {
 			free(path);
 			path = cur;
 		}
-		r = path ? upload(d, j, &path) : -ENOMEM;
+		if (r == 0)
+			r = path ? upload(d, j, &path, rino) : -ENOMEM;
 		pthread_mutex_lock(&q->lock);
 		finish(d, j, path ? path : "?", r);
 		free(path);
@@ -666,6 +672,7 @@ int wq_submit(struct dfs *d, struct dfs_inode *i, const char *path, struct wbuf 
 		f->kc_stale = true;
 	free(f->path);
 	f->path = p;
+	f->rino = i->rino;
 	p = NULL;
 	queue_add(q, j, false);
 	j = NULL;
@@ -777,6 +784,7 @@ int wq_submit_attr(struct dfs *d, struct dfs_inode *i, const char *path, const s
 	f->njobs++;
 	free(f->path);
 	f->path = p;
+	f->rino = i->rino;
 	p = NULL;
 	queue_add(q, j, false);
 	j = NULL;
@@ -1045,10 +1053,16 @@ static void submit_buffers(struct dfs *d)
 
 		pthread_mutex_lock(&i->wlock);
 		if (i->wb.len) {
-			path = itab_path(d, i->nodeid);
-			if (!path || wq_submit(d, i, path, &i->wb, WQ_FORCE, NULL) < 0)
-				dfs_log(DFS_ERR, "%s: %zu buffered bytes not stored",
-					path ? path : "?", i->wb.len);
+			int r = itab_path(d, i->nodeid, &path);
+
+			if (r == 0)
+				r = wq_submit(d, i, path, &i->wb, WQ_FORCE, NULL);
+			if (r < 0) {
+				free(path);
+				path = itab_last_path(d, i->nodeid);
+				dfs_log(DFS_ERR, "%s: %zu buffered bytes not stored: %s",
+					path ? path : "?", i->wb.len, strerror(-r));
+			}
 			free(path);
 		}
 		pthread_mutex_unlock(&i->wlock);

@@ -5,6 +5,8 @@ import json
 import os
 import shutil
 import subprocess
+import threading
+import time
 
 from conftest import Agent, wait_until
 from _fs_helpers import fs_mount, mount_factory, poll, stat_tuple  # noqa: F401
@@ -70,6 +72,60 @@ def test_remote_namespace_changes_visible(fs_mount):
     assert sorted(os.listdir(m.p("."))) == ["d"]
     s = m.stats()
     assert s["healthy"] is True and s["events"]["received"] > 0
+
+
+def _names(root):
+    got = set()
+    for d, dirs, files in os.walk(root):
+        got.update(os.path.relpath(os.path.join(d, n), root) for n in dirs + files)
+    return got
+
+
+def test_listings_racing_remote_changes_converge(fs_mount):
+    """Walkers list the mount while the devbox side creates thousands of names and git renames
+    and removes its temp objects.  A listing made before a change but answered after that
+    change's event must not undo it: the mount ends up with exactly the workspace's names
+    (before the fix, a file went missing and a removed temp file stayed, until a remount)."""
+    m = fs_mount
+    for rnd in range(2):
+        base = "race%d" % rnd
+        stop = threading.Event()
+        errors = []
+
+        def walker():
+            try:
+                while not stop.is_set():
+                    _names(m.p(base))
+            except Exception as e:  # noqa: BLE001 (reported below)
+                errors.append(e)
+        walkers = [threading.Thread(target=walker) for _ in range(3)]
+        for t in walkers:
+            t.start()
+        try:
+            ws = m.w(base)
+            for i in range(1500):
+                d = os.path.join(ws, "d%02d" % (i % 40), "s%d" % (i % 3))
+                os.makedirs(d, exist_ok=True)
+                write(os.path.join(d, "f%04d.c" % i), "int x%d;\n" % i)
+            subprocess.run(["git", "init", "-q", ws], check=True)
+            subprocess.run(["git", "-C", ws, "add", "-A"], check=True)
+        finally:
+            stop.set()
+            for t in walkers:
+                t.join()
+        assert not errors, errors
+        want = _names(m.w(base))
+        last = [None]
+
+        def same():
+            last[0] = _names(m.p(base))
+            return last[0] == want
+        try:
+            wait_until(same, timeout=15, interval=0.1, what="the mount to list what the "
+                       "workspace holds")
+        except AssertionError:
+            raise AssertionError("round %d: missing %r, extra %r" % (
+                rnd, sorted(want - last[0])[:10], sorted(last[0] - want)[:10]))
 
 
 def test_changes_via_agent_api_visible(fs_mount):
@@ -179,6 +235,60 @@ def test_agent_restart_resyncs(agent_factory, workspace, mount_factory):
     # and live events flow again
     write(os.path.join(workspace, "after"), "a")
     poll(lambda: os.path.exists(m.p("after")), VISIBLE_S, "event after the resync")
+
+
+def test_writes_during_overflow_resyncs_are_kept(agent_factory, workspace, mount_factory):
+    """The agent drops an event client that falls 4 KiB behind, so a burst made inside the
+    devbox forces overflow and tree reloads while files are being written through the mount.
+    The reloads run beside those writes (they are not held up), and nothing the mount wrote,
+    nor anything made inside, is missing or stale afterwards."""
+    a = agent_factory(env={"DEVBOX_AGENT_EVENT_CLIENT_MAX": "4096"})
+    m = mount_factory(agent=a)
+    os.mkdir(m.p("mine"))
+    stop = threading.Event()
+    written = []
+    errors = []
+
+    def writer():
+        i = 0
+        try:
+            while not stop.is_set() or i < 50:
+                name = "f%04d" % i
+                write(m.p("mine", name), "content %d" % i)
+                if i % 7 == 3:
+                    os.rename(m.p("mine", name), m.p("mine", name + ".moved"))
+                    name += ".moved"
+                elif i % 7 == 5:
+                    os.unlink(m.p("mine", name))
+                    name = None
+                if name:
+                    written.append((name, "content %d" % i))
+                i += 1
+        except Exception as e:  # noqa: BLE001 (reported below)
+            errors.append(e)
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        for burst in range(3):
+            d = os.path.join(workspace, "burst%d" % burst)
+            os.mkdir(d)
+            for i in range(3000):
+                open(os.path.join(d, "n%04d-with-a-long-enough-name" % i), "w").close()
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        t.join()
+    assert not errors, errors
+    wait_until(lambda: m.stats()["events"]["resyncs"] >= 1, timeout=20, what="a resync")
+    names = sorted(n for n, _ in written)
+    assert sorted(os.listdir(os.path.join(workspace, "mine"))) == names
+    wait_until(lambda: sorted(os.listdir(m.p("mine"))) == names, timeout=15,
+               what="the mount to list what was written through it")
+    for n, data in written:
+        assert read(m.p("mine", n)) == data
+    want = _names(workspace)
+    wait_until(lambda: _names(m.path) == want, timeout=20, what="the mount to match the "
+               "workspace after the bursts")
 
 
 def test_mount_by_local_provider_name(tmp_path):

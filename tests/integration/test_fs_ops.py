@@ -128,6 +128,75 @@ def test_write_read_back(fs_mount):
     os.close(fd)
 
 
+def _replace(m, side, name, how):
+    """Removes name on `side` ("mount" or "devbox") and puts a new file there: by rm + create or
+    by renaming another file over it."""
+    base = m.p if side == "mount" else m.w
+    if how == "rm":
+        os.unlink(base(name))
+        with open(base(name), "w") as f:
+            f.write("new file\n")
+    else:
+        with open(base(name + ".tmp"), "w") as f:
+            f.write("new file\n")
+        os.rename(base(name + ".tmp"), base(name))
+    if side == "devbox":  # wait until the mount has seen it
+        poll(lambda: open(m.p(name)).read() == "new file\n", 5, "the replacement")
+
+
+@pytest.mark.parametrize("side", ["mount", "devbox"])
+@pytest.mark.parametrize("how", ["rm", "rename"])
+def test_handle_of_replaced_file_never_reaches_its_successor(fs_mount, side, how):
+    """A descriptor of a file that was removed or renamed over keeps addressing that file, not
+    whatever has its name now: write, ftruncate, fchmod and fsync through it fail with ESTALE,
+    and the new file is untouched.  Reads of the old content still work."""
+    m = fs_mount
+    for op in ("write", "ftruncate", "fchmod", "fsync"):
+        name = "victim-%s" % op
+        with open(m.p(name), "w") as f:
+            f.write("old content\n")
+        fd = os.open(m.p(name), os.O_RDWR)
+        try:
+            assert os.pread(fd, 3, 0) == b"old"
+            _replace(m, side, name, how)
+            with pytest.raises(OSError) as ei:
+                if op == "write":
+                    os.pwrite(fd, b"XX", 0)
+                    os.fsync(fd)  # a buffered write's failure shows here at the latest
+                elif op == "ftruncate":
+                    os.ftruncate(fd, 0)
+                elif op == "fchmod":
+                    os.fchmod(fd, 0o600)
+                else:
+                    os.fsync(fd)
+                    os.pwrite(fd, b"XX", 0)
+                    os.fsync(fd)
+            assert ei.value.errno == errno.ESTALE, (op, ei.value)
+            if side == "mount" and op != "write":
+                # The bytes of a file removed through the mount stay readable (pinned), as
+                # on a disk.  (Not the refused write's: they may sit in the page cache.)
+                assert os.pread(fd, 3, 0) == b"old"
+        finally:
+            try:
+                os.close(fd)
+            except OSError:
+                pass  # the close may report the write that could not be stored
+        for path in (m.w(name), m.p(name)):
+            with open(path) as f:
+                assert f.read() == "new file\n", (op, path)
+            assert stat.S_IMODE(os.stat(path).st_mode) == 0o644, (op, path)
+    # Handles that follow their file: a rename of the open file itself keeps writing into it.
+    with open(m.p("moved"), "w") as f:
+        f.write("0123456789")
+    fd = os.open(m.p("moved"), os.O_RDWR)
+    os.rename(m.p("moved"), m.p("moved2"))
+    os.pwrite(fd, b"AB", 0)
+    os.fsync(fd)
+    os.close(fd)
+    with open(m.w("moved2")) as f:
+        assert f.read() == "AB23456789"
+
+
 def test_namespace_ops(fs_mount):
     m = fs_mount
     os.mkdir(m.p("d"), 0o750)
@@ -438,6 +507,17 @@ def test_bad_usage_and_unreachable_agent(agent, tmp_path):
     r = subprocess.run([FS_BIN, "-f", agent.base, str(tmp_path)], capture_output=True,
                        env=dict(os.environ, DEVBOX_TOKEN="wrong"), timeout=60)
     assert r.returncode != 0
+    # The daemon never writes into its own mount: log and stats files there are refused.
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    for opt, what in (("log=%s/d.log" % sub, b"log file"), ("stats=%s/s.json" % tmp_path,
+                                                             b"stats file")):
+        r = subprocess.run([FS_BIN, "-f", "-o", opt, agent.base, str(tmp_path)],
+                           capture_output=True, env=dict(os.environ, DEVBOX_TOKEN=agent.token),
+                           timeout=60)
+        assert r.returncode != 0 and what + b" " in r.stderr and b"inside the mountpoint" in \
+            r.stderr, r.stderr
+    assert sorted(os.listdir(tmp_path)) == ["sub"] and not os.listdir(sub)
 
 
 @pytest.fixture

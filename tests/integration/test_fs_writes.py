@@ -18,7 +18,7 @@ import time
 import pytest
 
 from conftest import Agent, BUILD, SANITIZER_RE, wait_until
-from _fs_helpers import Mount, assert_clean_exit, mount_factory  # noqa: F401 (fixture)
+from _fs_helpers import Mount, _mounted, assert_clean_exit, mount_factory  # noqa: F401
 
 MiB = 1 << 20
 FSX = os.path.join(BUILD, "tests", "fsx", "dbx-fsx")
@@ -477,9 +477,14 @@ def test_sigterm_drains_the_queue(agent, workspace):
                 with open(m.p(name), "r+b") as f:
                     f.write(data)
             m.proc.send_signal(signal.SIGTERM)
-            # it must wait for the agent rather than exit and lose the queue
+            # it must wait for the agent rather than exit and lose the queue...
             with pytest.raises(subprocess.TimeoutExpired):
                 m.proc.wait(timeout=1.5)
+            # ...but unmounted first: nobody serves the mount while the queue drains, and a
+            # process touching it must not hang until then.
+            wait_until(lambda: not _mounted(m.path), timeout=5, what="the unmount")
+            os.listdir(m.path)  # the directory underneath, at once
+            assert m.proc.poll() is None
         rc = m.proc.wait(timeout=60)
         m._reader.join(5)
         m.unmounted = True
