@@ -105,6 +105,8 @@ struct mirror {
 	struct htab tombs; /* names removed (by events or our own ops), with their seq */
 	uint64_t tomb_floor; /* newest tomb forgotten: listings older than it are refused */
 	uint64_t stream_seq; /* last event applied: tombs at or below it are done with events */
+	struct htab negs;    /* names the kernel may cache as absent (mirror_neg_note) */
+	uint64_t negs_all_until_ms; /* too many to track: until then, any name may be */
 	size_t entries;
 	/* While a resync loads the tree: the paths our operations changed meanwhile. */
 	bool journaling, jlost;
@@ -161,6 +163,13 @@ uint64_t mirror_tomb_get(struct mirror *m, const char *path);
 void mirror_tomb_expect_echo(struct mirror *m, const char *path, uint64_t seq);
 bool mirror_tomb_take_echo(struct mirror *m, const char *path);
 void mirror_tomb_forget_echoes(struct mirror *m);
+/* A lookup of path is answered ENOENT, cached by the kernel for ttl seconds. */
+void mirror_neg_note(struct mirror *m, const char *path, double ttl);
+/* True if the kernel may still cache path as absent (then forgotten: the caller drops it). */
+bool mirror_neg_take(struct mirror *m, const char *path);
+/* Before m takes over the resynced tree nw: the names the kernel may cache as absent that nw
+ * holds are invalidated (their events were lost). */
+void mirror_negs_resync(struct dfs *d, struct mirror *m, struct mirror *nw);
 char *ment_path(const struct ment *e); /* "" for the root; NULL on ENOMEM */
 /* Marks e's attributes stale and queues a background refresh (caller holds mirror.lock). */
 void mirror_mark_stale(struct dfs *d, struct ment *e);

@@ -29,24 +29,29 @@ static bool target_same(const char *a, const char *b)
 	return (!a && !b) || (a && b && !strcmp(a, b));
 }
 
-/* The kernel copies to drop after a change of path's parent listing. */
-static void dir_changed(struct dfs *d, struct ment *parent, const char *path, uint64_t seq)
+/* The kernel copies to drop after a change of path's parent listing.  absent: the mirror had
+ * no entry at path before. */
+static void dir_changed(struct dfs *d, struct ment *parent, const char *path, uint64_t seq,
+			bool absent)
 {
 	char *dir = path_dir(path);
+	bool neg = mirror_neg_take(&d->mirror, path);
 
 	if (parent) {
 		mirror_mark_stale(d, parent);
 		if (parent->dseq < seq)
 			parent->dseq = seq; /* names in it changed at seq */
 	}
-	notify_path(d, NQ_ENTRY, path);
+	/* A new name: the kernel holds nothing for it unless a lookup was told "no such entry"
+	 * or found it where the mirror does not look.  An invalidation sent anyway could drop
+	 * the entry a lookup racing it just handed out, and the inode's cached content. */
+	if (!absent || neg || itab_nodeid_of(d, path))
+		notify_path(d, NQ_ENTRY, path);
 	if (dir)
 		notify_path(d, NQ_INODE_DATA, dir);
 	free(dir);
 }
 
-/* True when the mirror's state for ev's object is newer than ev: the entry was refreshed by a
- * reply stamped with a later seq, or (entry absent) its directory's names were. */
 /* True when the mirror's state for ev's object is newer than ev: the entry was refreshed by a
  * reply stamped with a later seq, or (entry absent) our own op removed that name later. */
 static bool older(struct mirror *m, struct ment *e, const struct dbx_event *ev)
@@ -99,7 +104,7 @@ static void apply_set(struct dfs *d, const struct dbx_event *ev)
 		return; /* in a part of the tree we never loaded */
 	}
 	if (!same_obj)
-		dir_changed(d, e->parent, ev->path, ev->seq);
+		dir_changed(d, e->parent, ev->path, ev->seq, !had);
 	/* A directory made (or moved in) remotely: the agent watches it before walking it and
 	 * reports every entry found as an event after this one, so its listing is known. */
 	if (!had && ev->kind == DBX_EV_MKDIR && S_ISDIR(ev->attr.mode))
@@ -156,7 +161,7 @@ static void apply_delete(struct dfs *d, const struct dbx_event *ev)
 		return;
 	}
 	last = old->attr;
-	dir_changed(d, old->parent, ev->path, ev->seq);
+	dir_changed(d, old->parent, ev->path, ev->seq, false);
 	mirror_detach(m, old);
 	mirror_tomb_set(m, ev->path, ev->seq);
 	pthread_mutex_unlock(&m->lock);
@@ -191,8 +196,10 @@ static void apply_rename(struct dfs *d, const struct dbx_event *ev)
 		 * `to` changes. */
 		bool replaced = dst && dst->attr.ino != ev->attr.ino;
 
+		bool absent = !dst;
+
 		dst = mirror_set(m, ev->to, &ev->attr, ev->target);
-		dir_changed(d, dst ? dst->parent : NULL, ev->to, ev->seq);
+		dir_changed(d, dst ? dst->parent : NULL, ev->to, ev->seq, absent);
 		pthread_mutex_unlock(&m->lock);
 		if (replaced)
 			itab_unlinked(d, ev->to, NULL);
@@ -213,10 +220,11 @@ static void apply_rename(struct dfs *d, const struct dbx_event *ev)
 		return;
 	}
 	struct dbx_attr moved = {0};
+	bool absent = !dst;
 
 	if (src) {
 		moved = src->attr;
-		dir_changed(d, src->parent, ev->path, ev->seq);
+		dir_changed(d, src->parent, ev->path, ev->seq, false);
 	}
 	mirror_move(m, ev->path, ev->to, false);
 	mirror_tomb_set(m, ev->path, ev->seq);
@@ -228,7 +236,7 @@ static void apply_rename(struct dfs *d, const struct dbx_event *ev)
 		if (S_ISDIR(dst->attr.mode))
 			dst->dseq = ev->seq;
 	}
-	dir_changed(d, dst ? dst->parent : NULL, ev->to, ev->seq);
+	dir_changed(d, dst ? dst->parent : NULL, ev->to, ev->seq, absent);
 	pthread_mutex_unlock(&m->lock);
 	itab_unlinked(d, ev->to, NULL);
 	itab_rename(d, ev->path, ev->to, false);
@@ -327,6 +335,7 @@ static void resync(struct dfs *d)
 				diff_inode(d, i, &d->mirror, &nw);
 		}
 	pthread_mutex_unlock(&d->itab.lock);
+	mirror_negs_resync(d, &d->mirror, &nw);
 	mirror_swap(&d->mirror, &nw);
 	if (d->mirror.tomb_floor < seq)
 		d->mirror.tomb_floor = seq; /* a listing from before the tree may be older */

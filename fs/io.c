@@ -454,10 +454,11 @@ static bool reply_cached(struct dfs *d, fuse_req_t req, struct dfs_inode *i, con
 	pthread_mutex_unlock(&i->lock);
 	if (!hit)
 		return false;
-	fuse_reply_buf(req, copy, n);
-	free(copy);
+	/* Counted before the reply: whoever saw the bytes sees them counted. */
 	STAT_ADD(d, bytes_read, n);
 	STAT_INC(d, read_cache_hits);
+	fuse_reply_buf(req, copy, n);
+	free(copy);
 	return true;
 }
 
@@ -542,12 +543,12 @@ void io_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse
 		size_t o2 = (size_t)off < (size_t)n ? (size_t)off : (size_t)n;
 		size_t len = (size_t)n - o2 < size ? (size_t)n - o2 : size;
 
-		fuse_reply_buf(req, buf + o2, len);
 		STAT_ADD(d, bytes_read, len);
+		fuse_reply_buf(req, buf + o2, len);
 	} else {
 		ra_note(d, i, path, got[0] ? got : ver, total, size, (uint64_t)off);
-		fuse_reply_buf(req, buf, (size_t)n);
 		STAT_ADD(d, bytes_read, (uint64_t)n);
+		fuse_reply_buf(req, buf, (size_t)n);
 	}
 check:
 	/* An event may have invalidated the page cache before our (older) bytes reached it. */

@@ -77,8 +77,15 @@ int mirror_init(struct mirror *m)
 		htab_fini(&m->names);
 		return -ENOMEM;
 	}
+	if (htab_init(&m->negs) < 0) {
+		htab_fini(&m->tombs);
+		htab_fini(&m->names);
+		return -ENOMEM;
+	}
 	m->root = ment_new("");
 	if (!m->root) {
+		htab_fini(&m->negs);
+		htab_fini(&m->tombs);
 		htab_fini(&m->names);
 		return -ENOMEM;
 	}
@@ -209,13 +216,137 @@ void mirror_tomb_forget_echoes(struct mirror *m)
 			container_of(n, struct tomb, h)->echoes = 0;
 }
 
+/* ---- names the kernel may hold as "no such entry" ------------------------------------------
+ * A lookup answered ENOENT with a timeout leaves a negative dentry in the kernel; a name made
+ * later must drop it.  A name nobody looked up needs no invalidation, and sending one anyway
+ * would throw away the entry (and with it the inode and its cached content) that a lookup
+ * racing the invalidation just handed out. */
+
+#define NEGS_MAX 65536
+
+struct neg {
+	struct hnode h;
+	uint64_t until_ms; /* the kernel forgets it by then */
+	char path[];
+};
+
+static void negs_prune(struct mirror *m, uint64_t now, bool all)
+{
+	for (size_t b = 0; b < m->negs.nb; b++) {
+		struct hnode **pp = &m->negs.b[b];
+
+		while (*pp) {
+			struct neg *g = container_of(*pp, struct neg, h);
+
+			if (!all && g->until_ms > now) {
+				pp = &(*pp)->next;
+				continue;
+			}
+			htab_del(&m->negs, &g->h);
+			free(g);
+		}
+	}
+}
+
+static struct neg *neg_find(struct mirror *m, const char *path)
+{
+	uint64_t h = hash_str(path, 13);
+
+	for (struct hnode *n = htab_first(&m->negs, h); n; n = htab_next(n, h)) {
+		struct neg *g = container_of(n, struct neg, h);
+
+		if (!strcmp(g->path, path))
+			return g;
+	}
+	return NULL;
+}
+
+void mirror_neg_note(struct mirror *m, const char *path, double ttl)
+{
+	uint64_t now = now_ms(), until = now + (uint64_t)(ttl * 1000.0) + 1000;
+	struct neg *g = neg_find(m, path);
+
+	if (g) {
+		g->until_ms = until;
+		return;
+	}
+	if (m->negs.n >= NEGS_MAX)
+		negs_prune(m, now, false);
+	g = m->negs.n < NEGS_MAX ? malloc(sizeof(*g) + strlen(path) + 1) : NULL;
+	if (!g) {
+		/* Not remembered: until it expires, any name may be one. */
+		negs_prune(m, now, true);
+		if (m->negs_all_until_ms < until)
+			m->negs_all_until_ms = until;
+		return;
+	}
+	g->until_ms = until;
+	strcpy(g->path, path);
+	htab_add(&m->negs, &g->h, hash_str(path, 13));
+}
+
+bool mirror_neg_take(struct mirror *m, const char *path)
+{
+	uint64_t now = now_ms();
+	struct neg *g = neg_find(m, path);
+	bool live = m->negs_all_until_ms > now;
+
+	if (g) {
+		live = live || g->until_ms > now;
+		htab_del(&m->negs, &g->h);
+		free(g);
+	}
+	return live;
+}
+
+/* Names new in nw under the old directory o (both trees' entries for one path). */
+static void negs_walk_new(struct dfs *d, struct mirror *m, struct ment *o, const struct ment *n)
+{
+	for (const struct ment *k = n->kids; k; k = k->next) {
+		struct ment *ko = child_find(m, o, k->name, strlen(k->name));
+
+		if (!ko) {
+			char *p = ment_path(k);
+
+			if (p)
+				notify_path(d, NQ_ENTRY, p);
+			free(p);
+		} else if (S_ISDIR(k->attr.mode) && S_ISDIR(ko->attr.mode)) {
+			negs_walk_new(d, m, ko, k);
+		}
+	}
+}
+
+void mirror_negs_resync(struct dfs *d, struct mirror *m, struct mirror *nw)
+{
+	for (size_t b = 0; b < m->negs.nb; b++) {
+		struct hnode **pp = &m->negs.b[b];
+
+		while (*pp) {
+			struct neg *g = container_of(*pp, struct neg, h);
+
+			if (!mirror_find(nw, g->path)) {
+				pp = &(*pp)->next;
+				continue;
+			}
+			notify_path(d, NQ_ENTRY, g->path);
+			htab_del(&m->negs, &g->h);
+			free(g);
+		}
+	}
+	if (m->negs_all_until_ms > now_ms())
+		negs_walk_new(d, m, m->root, nw->root);
+}
+
 void mirror_fini(struct mirror *m)
 {
 	if (m->root)
 		free_subtree(m, m->root, false);
 	m->root = NULL;
 	tombs_clear(m);
+	negs_prune(m, 0, true);
 	mirror_journal_end(m);
+	htab_fini(&m->negs);
 	htab_fini(&m->tombs);
 	htab_fini(&m->names);
 	pthread_mutex_destroy(&m->lock);

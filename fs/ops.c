@@ -423,6 +423,7 @@ static bool echo_new_entry(struct dfs *d, fuse_req_t req, const char *path)
 
 /* ---- lookup / forget / getattr ------------------------------------------------------- */
 
+/* from_mirror: answered from the mirror, and called under mirror.lock. */
 static void lookup_reply(struct dfs *d, fuse_req_t req, const char *path, int r,
 			 const struct dbx_attr *a, bool from_mirror)
 {
@@ -436,6 +437,14 @@ static void lookup_reply(struct dfs *d, fuse_req_t req, const char *path, int r,
 		e.attr_timeout = 0;
 		if (!atomic_load(&d->healthy))
 			e.entry_timeout = 0;
+		if (e.entry_timeout > 0) {
+			/* Kept by the kernel: the event that makes the name must drop it. */
+			if (!from_mirror)
+				pthread_mutex_lock(&d->mirror.lock);
+			mirror_neg_note(&d->mirror, path, e.entry_timeout);
+			if (!from_mirror)
+				pthread_mutex_unlock(&d->mirror.lock);
+		}
 		fuse_reply_entry(req, &e);
 	} else if (r < 0) {
 		fuse_reply_err(req, -r);

@@ -212,9 +212,9 @@ bool ra_read(struct dfs *d, fuse_req_t req, struct dfs_inode *i, const char *pat
 	}
 	pthread_mutex_unlock(&i->lock);
 	if (n >= 0) {
-		fuse_reply_buf(req, buf, (size_t)n);
 		STAT_ADD(d, bytes_read, (uint64_t)n);
 		STAT_INC(d, read_cache_hits);
+		fuse_reply_buf(req, buf, (size_t)n);
 	}
 	free(buf);
 	return n >= 0;

@@ -511,10 +511,10 @@ bool shadow_read(struct dfs *d, fuse_req_t req, struct dfs_inode *i, size_t size
 	if (!hit)
 		return false;
 	/* After the reply the inode may be gone: nothing of it is touched below. */
-	fuse_reply_buf(req, copy, n);
-	free(copy);
 	STAT_ADD(d, bytes_read, n);
 	STAT_INC(d, read_cache_hits);
+	fuse_reply_buf(req, copy, n);
+	free(copy);
 	return true;
 }
 
