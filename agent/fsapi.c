@@ -122,8 +122,23 @@ void fs_reply_json(struct req *r, cJSON *obj)
 	req_reply_raw(r, 200, "application/json", s, n);
 }
 
+static void add_dir_header(struct req *r, const char *name, const struct stat *st)
+{
+	cJSON *j = fs_attr_json(st, NULL);
+	char *s = j ? cJSON_PrintUnformatted(j) : NULL;
+
+	if (s)
+		req_add_header(r, name, s);
+	free(s);
+	cJSON_Delete(j);
+}
+
 void fs_reply_op(struct req *r, struct fs_op *o)
 {
+	if (!o->err && o->has_dir)
+		add_dir_header(r, "X-Dbx-Dir", &o->dir);
+	if (!o->err && o->has_from_dir)
+		add_dir_header(r, "X-Dbx-From-Dir", &o->from_dir);
 	if (o->err) {
 		cJSON_Delete(o->json);
 		o->json = NULL;
@@ -263,6 +278,15 @@ static int loc(struct fs_op *o, const char *argname, char rel[PATH_MAX], const c
 }
 
 /* Success: o->json = attr of @name in @dfd. */
+/* Records the directory @dfd as the op left it (see fs_op.dir). */
+static void note_dir(struct fs_op *o, int dfd, bool from)
+{
+	struct stat *st = from ? &o->from_dir : &o->dir;
+	bool *has = from ? &o->has_from_dir : &o->has_dir;
+
+	*has = fstat(dfd, st) == 0;
+}
+
 static int reply_attr(struct fs_op *o, int dfd, const char *name, const char *opname,
 		      const char *rel)
 {
@@ -394,6 +418,8 @@ static int op_mkdir(struct fs_op *o)
 		r = fs_fail(o, errno, "mkdir %s", rel);
 	if (r == 0)
 		r = reply_attr(o, dfd, name, "mkdir", rel);
+	if (r == 0)
+		note_dir(o, dfd, false);
 	close(dfd);
 	return r;
 }
@@ -410,6 +436,8 @@ static int op_rmdir(struct fs_op *o)
 		r = fs_fail(o, EBUSY, "rmdir %s", rel);
 	else if (unlinkat(dfd, name, AT_REMOVEDIR) < 0)
 		r = fs_fail(o, errno, "rmdir %s", rel);
+	else
+		note_dir(o, dfd, false);
 	close(dfd);
 	if (r == 0)
 		o->json = cJSON_CreateObject();
@@ -428,6 +456,8 @@ static int op_unlink(struct fs_op *o)
 		r = fs_fail(o, EISDIR, "unlink %s", rel);
 	else if (unlinkat(dfd, name, 0) < 0)
 		r = fs_fail(o, errno, "unlink %s", rel);
+	else
+		note_dir(o, dfd, false);
 	close(dfd);
 	if (r == 0)
 		o->json = cJSON_CreateObject();
@@ -461,6 +491,8 @@ static int op_rename(struct fs_op *o)
 	else
 		r = reply_attr(o, tfd, toname, "rename", to);
 	if (r == 0) {
+		note_dir(o, tfd, false);
+		note_dir(o, dfd, true);
 		cJSON *j = cJSON_CreateObject();
 		cJSON_AddItemToObject(j, "attr", o->json);
 		o->json = j;
@@ -489,6 +521,8 @@ static int op_symlink(struct fs_op *o)
 		r = fs_fail(o, errno, "symlink %s", rel);
 	else
 		r = reply_attr(o, dfd, name, "symlink", rel);
+	if (r == 0)
+		note_dir(o, dfd, false);
 	close(dfd);
 	return r;
 }
@@ -533,6 +567,8 @@ static int op_link(struct fs_op *o)
 		r = fs_fail(o, errno, "link %s to %s", rel, to);
 	else
 		r = reply_attr(o, tfd, toname, "link", to);
+	if (r == 0)
+		note_dir(o, tfd, false);
 	close(dfd);
 	close(tfd);
 	return r;
@@ -662,6 +698,8 @@ static int op_mknod(struct fs_op *o)
 		r = fs_fail(o, errno, "mknod %s", rel);
 	else
 		r = reply_attr(o, dfd, name, "mknod", rel);
+	if (r == 0)
+		note_dir(o, dfd, false);
 	close(dfd);
 	return r;
 }

@@ -58,6 +58,11 @@ struct fs_op {
 	const char *if_match; /* If-Match header (write) */
 	struct fs_src *src;   /* write and xattr-set bodies */
 	cJSON *json;
+	/* The directories whose names the op changed, as they are after it (replies carry them as
+	 * X-Dbx-Dir: the parent of `to`, or of `path`; X-Dbx-From-Dir: the parent of `path`
+	 * when the op also had a `to`) */
+	struct stat dir, from_dir;
+	bool has_dir, has_from_dir;
 	int err; /* positive errno */
 	char msg[FS_MSG_MAX];
 };

@@ -159,7 +159,7 @@ int fs_write_op(struct fs_op *o)
 {
 	char rel[PATH_MAX];
 	uint64_t off, ino;
-	bool trunc, create, excl, atomic, sync;
+	bool trunc, create, excl, atomic, sync, dir;
 	mode_t mode;
 	uintptr_t own = 0;
 	int r = fs_arg_path(o, "path", rel);
@@ -170,6 +170,7 @@ int fs_write_op(struct fs_op *o)
 	    (r = fs_arg_bool(o, "excl", false, &excl)) < 0 ||
 	    (r = fs_arg_bool(o, "atomic", false, &atomic)) < 0 ||
 	    (r = fs_arg_bool(o, "fsync", false, &sync)) < 0 ||
+	    (r = fs_arg_bool(o, "dir", false, &dir)) < 0 ||
 	    (r = fs_arg_mode(o, "mode", 0644, &mode)) < 0)
 		return r;
 	if (off + o->src->len > o->ag->cfg.max_file_size)
@@ -256,6 +257,16 @@ int fs_write_op(struct fs_op *o)
 		goto out;
 	}
 	o->json = fs_attr_json(&st, NULL);
+	if (dir && o->json) {
+		/* The directory as this write (a creation, perhaps) left it: X-Dbx-Dir. */
+		const char *name;
+		int pfd = fs_parent(o->ag, rel, &name);
+
+		if (pfd >= 0) {
+			o->has_dir = fstat(pfd, &o->dir) == 0;
+			close(pfd);
+		}
+	}
 out:
 	events_write_end(own, r < 0 || !o->json ? NULL : &st);
 	if (fd >= 0)

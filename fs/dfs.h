@@ -60,6 +60,15 @@ char *path_join(const char *dir, const char *name); /* "" + "a" = "a"; NULL on E
 const char *path_base(const char *path);
 char *path_dir(const char *path); /* "a/b" -> "a", "a" -> "" */
 uint64_t now_ms(void);
+
+static inline int dfs_ts_cmp(const struct timespec *a, const struct timespec *b)
+{
+	if (a->tv_sec != b->tv_sec)
+		return a->tv_sec < b->tv_sec ? -1 : 1;
+	if (a->tv_nsec != b->tv_nsec)
+		return a->tv_nsec < b->tv_nsec ? -1 : 1;
+	return 0;
+}
 bool attr_same(const struct dbx_attr *a, const struct dbx_attr *b);
 bool attr_same_content(const struct dbx_attr *a, const struct dbx_attr *b);
 void attr_to_stat(const struct dbx_attr *a, struct stat *st);

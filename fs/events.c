@@ -15,15 +15,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int ts_cmp(const struct timespec *a, const struct timespec *b)
-{
-	if (a->tv_sec != b->tv_sec)
-		return a->tv_sec < b->tv_sec ? -1 : 1;
-	if (a->tv_nsec != b->tv_nsec)
-		return a->tv_nsec < b->tv_nsec ? -1 : 1;
-	return 0;
-}
-
 static bool target_same(const char *a, const char *b)
 {
 	return (!a && !b) || (a && b && !strcmp(a, b));
@@ -86,7 +77,7 @@ static void apply_set(struct dfs *d, const struct dbx_event *ev)
 	if (same_obj) {
 		/* The agent stats when it reads the inotify event, possibly half way through one of
 		 * our own writes (ctime then not newer than the reply we applied): not newer. */
-		int c = ts_cmp(&ev->attr.ctime, &old->attr.ctime);
+		int c = dfs_ts_cmp(&ev->attr.ctime, &old->attr.ctime);
 
 		if (c < 0 || (c == 0 && old->own)) {
 			if (c == 0 && !old->refresh_queued) {

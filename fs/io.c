@@ -325,6 +325,7 @@ static void create_locked(fuse_req_t req, fuse_ino_t parent, const char *name, m
 		.excl = fi->flags & O_EXCL,
 		.truncate = fi->flags & O_TRUNC,
 		.mode = mode & 07777,
+		.dir = true,
 	};
 	struct fuse_entry_param e;
 	struct dfs_inode *i;

@@ -111,6 +111,21 @@ static struct dfs *req_dfs(fuse_req_t req)
 
 /* ---- mirror helpers --------------------------------------------------------------------- */
 
+/* The names in p were changed by our own call just answered: the directory's attr as that
+ * change left it (X-Dbx-Dir, or X-Dbx-From-Dir for the source of a rename) saves a stat;
+ * without it (older agent) or if the mirror already holds a later state, p is refreshed. */
+static void own_dir_changed(struct dfs *d, struct ment *p, bool from)
+{
+	struct dbx_attr a;
+
+	if (dbx_fs_last_dir(from, &a) == 0 && S_ISDIR(p->attr.mode) && a.ino == p->attr.ino &&
+	    dfs_ts_cmp(&a.ctime, &p->attr.ctime) >= 0) {
+		p->attr = a;
+		return;
+	}
+	mirror_mark_stale(d, p);
+}
+
 void dfs_mirror_update(struct dfs *d, const char *path, const struct dbx_attr *a,
 		       const char *target, bool parent_changed)
 {
@@ -124,7 +139,7 @@ void dfs_mirror_update(struct dfs *d, const char *path, const struct dbx_attr *a
 		e->own_gen++;
 	}
 	if (e && parent_changed && e->parent) {
-		mirror_mark_stale(d, e->parent);
+		own_dir_changed(d, e->parent, false);
 		e->parent->dseq = own_change_seq();
 	}
 	pthread_mutex_unlock(&d->mirror.lock);
@@ -140,7 +155,7 @@ static void mirror_gone(struct dfs *d, const char *path, struct dbx_attr *ret_la
 		if (ret_last)
 			*ret_last = e->attr;
 		if (e->parent) {
-			mirror_mark_stale(d, e->parent);
+			own_dir_changed(d, e->parent, false);
 			e->parent->dseq = own_change_seq();
 		}
 		mirror_tomb_set(&d->mirror, path, own_change_seq());
@@ -864,7 +879,7 @@ static void dfs_mknod_locked(fuse_req_t req, fuse_ino_t parent, const char *name
 	op_begin(d, &o, req, false);
 	REMOTE(d);
 	if (S_ISREG(mode)) {
-		struct dbx_write_opts w = {.excl = true, .mode = mode & 07777};
+		struct dbx_write_opts w = {.excl = true, .mode = mode & 07777, .dir = true};
 
 		r = dbx_fs_pwrite(d->client, path, "", 0, &w, &a);
 	} else {
@@ -911,7 +926,7 @@ static void dfs_mkdir_locked(fuse_req_t req, fuse_ino_t parent, const char *name
 			e->seq = reply_seq();
 			e->dseq = own_change_seq();
 			if (e->parent) {
-				mirror_mark_stale(d, e->parent);
+				own_dir_changed(d, e->parent, false);
 				e->parent->dseq = e->dseq;
 			}
 		}
@@ -1049,7 +1064,7 @@ static void dfs_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 		if (S_ISDIR(e->attr.mode))
 			e->dseq = cseq;
 		if (e->parent) {
-			mirror_mark_stale(d, e->parent);
+			own_dir_changed(d, e->parent, false);
 			e->parent->dseq = cseq;
 		}
 	}
@@ -1058,7 +1073,7 @@ static void dfs_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 		if (S_ISDIR(fp->attr.mode))
 			fp->dseq = cseq;
 		if (fp->parent) {
-			mirror_mark_stale(d, fp->parent);
+			own_dir_changed(d, fp->parent, true);
 			fp->parent->dseq = cseq;
 		}
 	}
@@ -1067,7 +1082,7 @@ static void dfs_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 		struct ment *fd = fdir ? mirror_find(&d->mirror, fdir) : NULL;
 
 		if (fd) {
-			mirror_mark_stale(d, fd);
+			own_dir_changed(d, fd, true);
 			fd->dseq = cseq;
 		}
 		free(fdir);

@@ -174,15 +174,6 @@ static bool transport(int r)
 	}
 }
 
-static int ts_cmp(const struct timespec *a, const struct timespec *b)
-{
-	if (a->tv_sec != b->tv_sec)
-		return a->tv_sec < b->tv_sec ? -1 : 1;
-	if (a->tv_nsec != b->tv_nsec)
-		return a->tv_nsec < b->tv_nsec ? -1 : 1;
-	return 0;
-}
-
 static void timed_wait(pthread_cond_t *c, pthread_mutex_t *m, uint64_t ms)
 {
 	struct timespec ts;
@@ -202,7 +193,7 @@ static void timed_wait(pthread_cond_t *c, pthread_mutex_t *m, uint64_t ms)
  * for the queue), so the bigger one is the later. */
 static bool not_older(const struct dbx_attr *a, const struct dbx_attr *b)
 {
-	int c = ts_cmp(&a->ctime, &b->ctime);
+	int c = dfs_ts_cmp(&a->ctime, &b->ctime);
 
 	return a->ino != b->ino || c > 0 || (c == 0 && a->size >= b->size);
 }
@@ -884,7 +875,7 @@ int wq_wait(struct dfs *d, struct dfs_inode *i, unsigned flags, const volatile i
 		/* Everything written is stored: the kernel's pages (which hold it) stay valid for
 		 * the new version if they were valid before. */
 		pthread_mutex_lock(&i->lock);
-		if (last.ino == i->attr.ino && ts_cmp(&last.ctime, &i->attr.ctime) >= 0) {
+		if (last.ino == i->attr.ino && dfs_ts_cmp(&last.ctime, &i->attr.ctime) >= 0) {
 			if (kc && i->kc_ver[0] && !strcmp(i->kc_ver, i->attr.ver))
 				memcpy(i->kc_ver, last.ver, sizeof(i->kc_ver));
 			i->attr = last;

@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #define DEFAULT_CONNECT_TIMEOUT_MS 5000
 #define DEFAULT_TIMEOUT_MS         30000
@@ -64,6 +65,8 @@ struct dbx_client {
 static _Thread_local const volatile int *tl_cancel_flag;
 static _Thread_local uint64_t tl_deadline_ms;
 static _Thread_local struct dbx_reply_meta tl_meta;
+static _Thread_local bool tl_has_dir[2];
+static _Thread_local struct dbx_attr tl_dir[2];
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
 static CURLcode curl_init_rc;
@@ -88,6 +91,24 @@ void dbx_thread_set_deadline(uint64_t deadline_ms)
 const struct dbx_reply_meta *dbx_last_reply_meta(void)
 {
 	return &tl_meta;
+}
+
+int dbx_fs_last_dir(bool from, struct dbx_attr *ret)
+{
+	if (!tl_has_dir[from])
+		return -ENOENT;
+	*ret = tl_dir[from];
+	return 0;
+}
+
+/* X-Dbx-Dir / X-Dbx-From-Dir: an attr object (PROTOCOL.md §2); ignored when malformed. */
+static void parse_dir_header(struct dbx__resp *resp, int k, const char *v)
+{
+	cJSON *j = cJSON_Parse(v);
+
+	resp->has_dir[k] = j && dbx__attr_from_json(j, &resp->dir[k], NULL) == 0 &&
+			   S_ISDIR(resp->dir[k].mode);
+	cJSON_Delete(j);
 }
 
 /* 0, or the errno that must stop the current call now. */
@@ -359,7 +380,7 @@ static size_t on_header(char *buf, size_t size, size_t n, void *ud)
 	struct xfer *x = ud;
 	size_t len = size * n;
 	struct dbx__resp *resp = x->resp;
-	char line[256];
+	char line[1024];
 	size_t l = len < sizeof(line) - 1 ? len : sizeof(line) - 1;
 
 	memcpy(line, buf, l);
@@ -369,6 +390,7 @@ static size_t on_header(char *buf, size_t size, size_t n, void *ud)
 	if (!strncmp(line, "HTTP/", 5)) {
 		/* A new response (after 100 Continue): forget what the previous one said. */
 		memset(&resp->meta, 0, sizeof(resp->meta));
+		resp->has_dir[0] = resp->has_dir[1] = false;
 		resp->ver[0] = '\0';
 		resp->size = UINT64_MAX;
 		return len;
@@ -386,6 +408,10 @@ static size_t on_header(char *buf, size_t size, size_t n, void *ud)
 	} else if (!strcasecmp(line, "X-Dbx-Seq")) {
 		resp->meta.seq = strtoull(v, NULL, 10);
 		resp->meta.valid = true;
+	} else if (!strcasecmp(line, "X-Dbx-Dir")) {
+		parse_dir_header(resp, 0, v);
+	} else if (!strcasecmp(line, "X-Dbx-From-Dir")) {
+		parse_dir_header(resp, 1, v);
 	} else if (!strcasecmp(line, "X-Dbx-Version")) {
 		snprintf(resp->ver, sizeof(resp->ver), "%s", v);
 	} else if (!strcasecmp(line, "X-Dbx-Size")) {
@@ -851,6 +877,7 @@ static int request_impl(dbx_client *c, const struct dbx__req *rq, struct dbx__re
 		x.errbuf[0] = '\0';
 		x.sink_started = false;
 		memset(&resp->meta, 0, sizeof(resp->meta));
+		resp->has_dir[0] = resp->has_dir[1] = false;
 		resp->ver[0] = '\0';
 		resp->size = UINT64_MAX;
 		resp->status = 0;
@@ -908,6 +935,11 @@ static int request_impl(dbx_client *c, const struct dbx__req *rq, struct dbx__re
 		} else {
 			resp->status = st;
 			tl_meta = resp->meta;
+			for (int k = 0; k < 2; k++) {
+				tl_has_dir[k] = resp->has_dir[k];
+				if (resp->has_dir[k])
+					tl_dir[k] = resp->dir[k];
+			}
 			if ((st == 502 || st == 503 || st == 504) && may_retry &&
 			    attempt < c->retries) {
 				retry = true;

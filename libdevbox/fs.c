@@ -404,6 +404,8 @@ static int write_call(dbx_client *c, const char *path, const void *buf, dbx_sour
 		r = dbx__query_add(&q, "fsync", "1");
 	if (r == 0 && opts->if_ino)
 		r = dbx__query_addu(&q, "ino", opts->if_ino);
+	if (r == 0 && opts->dir)
+		r = dbx__query_add(&q, "dir", "1");
 	if (r == 0)
 		r = dbx__query_add(&q, "mode", mode);
 	if (r < 0)

@@ -57,6 +57,8 @@ struct dbx__resp {
 	char ver[DBX_VER_MAX]; /* X-Dbx-Version */
 	uint64_t size;         /* X-Dbx-Size, UINT64_MAX if absent */
 	struct dbx_reply_meta meta;
+	bool has_dir[2]; /* X-Dbx-Dir, X-Dbx-From-Dir */
+	struct dbx_attr dir[2];
 };
 
 /* 0 on a 2xx reply.  Otherwise -errno with dbx_error_last() set: for an agent error the errno

@@ -150,6 +150,43 @@ def test_own_changes_cost_no_invalidation_storm(fs_mount):
     assert before["healthy"]
 
 
+
+def test_own_changes_leave_exact_directory_attrs_at_one_call_each(fs_mount):
+    """A directory changed through the mount shows its new mtime, ctime, nlink and size at once,
+    exactly as in the devbox, and each change costs its one agent call: the agent's reply
+    says how it left the directory (X-Dbx-Dir), so no stat follows."""
+    m = fs_mount
+    os.mkdir(m.p("a"))
+    os.mkdir(m.p("b"))
+    write(m.p("a", "seed"), "s")
+
+    def same(*rel):
+        want, got = os.stat(m.w(*rel)), os.stat(m.p(*rel))
+        for f in ("st_ino", "st_mode", "st_nlink", "st_size", "st_mtime_ns", "st_ctime_ns"):
+            assert getattr(got, f) == getattr(want, f), (rel, f, got, want)
+
+    steps = [
+        ("create", lambda: os.close(os.open(m.p("a", "new"), os.O_CREAT | os.O_EXCL | os.O_WRONLY)),
+         [("a",)]),
+        ("mkdir", lambda: os.mkdir(m.p("a", "sub")), [("a",)]),
+        ("rename", lambda: os.rename(m.p("a", "new"), m.p("b", "moved")), [("a",), ("b",)]),
+        ("rename dir", lambda: os.rename(m.p("a", "sub"), m.p("b", "sub")), [("a",), ("b",)]),
+        ("symlink", lambda: os.symlink("moved", m.p("b", "ln")), [("b",)]),
+        ("link", lambda: os.link(m.p("b", "moved"), m.p("a", "hard")), [("a",)]),
+        ("unlink", lambda: os.unlink(m.p("a", "hard")), [("a",)]),
+        ("rmdir", lambda: os.rmdir(m.p("b", "sub")), [("b",)]),
+    ]
+    for what, op, dirs in steps:
+        s0 = m.stats()
+        op()
+        s1 = m.stats()
+        for rel in dirs:
+            same(*rel)
+        time.sleep(0.05)  # a background stat, if one were queued, would have run
+        s2 = m.stats()
+        assert s1["remote_calls"] - s0["remote_calls"] == 1, (what, s0, s1)
+        assert s2["remote_calls"] == s1["remote_calls"], (what, s1, s2)
+
 def make_tree(root, dirs=12, files=15):
     for d in range(dirs):
         sub = os.path.join(root, "dir%02d" % d, "sub")

@@ -625,3 +625,44 @@ def test_early_errors_keep_the_connection_usable(agent):
     st, hd, data = agent.request("GET", "/fs/v1/stat", query={"path": "."}, conn=c)
     assert st == 200 and json.loads(data)["type"] == "dir"
     c.close()
+
+
+def test_changes_report_their_directories(fs, workspace):
+    """Every change of names says how it left the directories involved (X-Dbx-Dir: the parent
+    of `to`, or of `path`; X-Dbx-From-Dir: the parent of a rename's `path`), so a client
+    keeping their attributes needs no stat after its own changes."""
+    os.mkdir(P(workspace, "a"))
+    os.mkdir(P(workspace, "b"))
+
+    def dirs():
+        h = fs.last_headers
+        return (json.loads(h["x-dbx-dir"]) if "x-dbx-dir" in h else None,
+                json.loads(h["x-dbx-from-dir"]) if "x-dbx-from-dir" in h else None)
+
+    fs.post("mkdir", path="a/sub")
+    d, f = dirs()
+    check_attr(d, P(workspace, "a"))
+    assert d["nlink"] == 3 and f is None
+    fs.post("rmdir", path="a/sub")
+    check_attr(dirs()[0], P(workspace, "a"))
+    fs.write("a/new", b"x", excl="1", dir="1")
+    check_attr(dirs()[0], P(workspace, "a"))
+    fs.write("a/new", b"y")  # not asked: no directory stat on the data path
+    assert dirs() == (None, None)
+    fs.post("rename", path="a/new", to="b/moved")
+    d, f = dirs()
+    check_attr(d, P(workspace, "b"))
+    check_attr(f, P(workspace, "a"))
+    fs.post("link", path="b/moved", to="a/hard")
+    d, f = dirs()
+    check_attr(d, P(workspace, "a"))
+    assert f is None
+    fs.post("symlink", path="b/ln", target="moved")
+    check_attr(dirs()[0], P(workspace, "b"))
+    fs.post("mknod", path="b/fifo", mode="10644")
+    check_attr(dirs()[0], P(workspace, "b"))
+    fs.post("unlink", path="a/hard")
+    check_attr(dirs()[0], P(workspace, "a"))
+    # a failed change reports nothing
+    assert fs.err("POST", "unlink", path="a/hard") == ("ENOENT", 404)
+    assert dirs() == (None, None)

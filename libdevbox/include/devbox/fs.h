@@ -74,8 +74,10 @@ struct dbx_write_opts {
 	uint32_t mode;        /* for a new file; 0: 0644 */
 	const char *if_match; /* version the write is based on; -ESTALE if it changed */
 	uint64_t if_ino;      /* nonzero: -ESTALE unless path is still this file (attr ino) */
+	bool dir;             /* also report the parent directory's attr (dbx_reply_meta.dir) */
 };
-/* opts NULL: offset 0, create, no truncate.  ret_attr may be NULL. */
+/* opts NULL: offset 0, create, no truncate.  ret_attr may be NULL.  opts->dir: the reply
+ * also gives the parent directory's attr (dbx_fs_last_dir). */
 DBX_API int dbx_fs_pwrite(dbx_client *c, const char *path, const void *buf, size_t len,
 			  const struct dbx_write_opts *opts, struct dbx_attr *ret_attr);
 /* Same, with the bytes pulled from src; len must be exact (the agent needs Content-Length). */
@@ -155,6 +157,12 @@ DBX_API int dbx_batch_run(dbx_client *c, dbx_batch *b);
  * *ret_data is borrowed from b (read ops). */
 DBX_API int dbx_batch_result(dbx_batch *b, int index, struct dbx_attr *ret_attr,
 			     const void **ret_data, size_t *ret_len);
+
+/* The attr of a directory whose names this thread's last call changed (mkdir, rmdir, unlink,
+ * rename, link, symlink, mknod, and a write with opts->dir), as the change left it: from
+ * false, the parent of `to` (or of `path`); from true, the parent of a rename's `path`.
+ * -ENOENT when that reply carried none (an older agent, or a failed call). */
+DBX_API int dbx_fs_last_dir(bool from, struct dbx_attr *ret);
 
 #ifdef __cplusplus
 }
