@@ -186,7 +186,6 @@ static void apply_rename(struct dfs *d, const struct dbx_event *ev)
 		/* `from` already holds another object (the second half of an exchange): only
 		 * `to` changes. */
 		bool replaced = dst && dst->attr.ino != ev->attr.ino;
-
 		bool absent = !dst;
 
 		dst = mirror_set(m, ev->to, &ev->attr, ev->target);

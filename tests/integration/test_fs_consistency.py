@@ -187,6 +187,30 @@ def test_own_changes_leave_exact_directory_attrs_at_one_call_each(fs_mount):
         assert s1["remote_calls"] - s0["remote_calls"] == 1, (what, s0, s1)
         assert s2["remote_calls"] == s1["remote_calls"], (what, s1, s2)
 
+
+def test_names_removed_through_the_mount_show_when_made_again_inside(fs_mount):
+    """A name removed through the mount (unlink, rename away, rmdir) and then made inside the
+    devbox shows at once: the mount invalidates a new name only where the kernel may hold it
+    as absent, and what the kernel keeps after our own removals must not hide it."""
+    m = fs_mount
+    for how in ("unlink", "rename", "rmdir"):
+        name = "gone_" + how
+        if how == "rmdir":
+            os.mkdir(m.p(name))
+        else:
+            write(m.p(name), "mine")
+        os.stat(m.p(name))
+        if how == "unlink":
+            os.unlink(m.p(name))
+        elif how == "rename":
+            os.rename(m.p(name), m.p(name + ".away"))
+        else:
+            os.rmdir(m.p(name))
+        wait_until(lambda: m.stats()["events"]["lag"] == 0, timeout=5, what="own events")
+        write(m.w(name), "made inside")
+        poll(lambda: os.path.exists(m.p(name)), VISIBLE_S, "%s, then made inside" % how)
+        assert read(m.p(name)) == "made inside"
+
 def make_tree(root, dirs=12, files=15):
     for d in range(dirs):
         sub = os.path.join(root, "dir%02d" % d, "sub")
