@@ -170,6 +170,9 @@ uint64_t mirror_tomb_get(struct mirror *m, const char *path);
  * agent may publish the delete after our next create's reply).  take: true (and counted
  * off) for such an echo.  forget: after a resync, no echo is owed. */
 void mirror_tomb_expect_echo(struct mirror *m, const char *path, uint64_t seq);
+/* True while the delete event of our own removal of path has not come back: every event
+ * about path published before it is about the removed object. */
+bool mirror_tomb_echo_pending(struct mirror *m, const char *path);
 bool mirror_tomb_take_echo(struct mirror *m, const char *path);
 void mirror_tomb_forget_echoes(struct mirror *m);
 /* A lookup of path is answered ENOENT, cached by the kernel for ttl seconds. */
@@ -245,6 +248,10 @@ fuse_ino_t itab_nodeid_of(struct dfs *d, const char *path); /* 0 if none */
 void itab_rename(struct dfs *d, const char *from, const char *to, bool exchange);
 void itab_repath(struct dfs *d, struct dfs_inode *i, const char *path);
 void itab_unlinked(struct dfs *d, const char *path, const struct dbx_attr *last);
+/* itab_unlinked, except when the node at path is the remote object keep_rino (nonzero): a
+ * lookup racing a rename event may already have put the moved object there. */
+void itab_unlinked_but(struct dfs *d, const char *path, const struct dbx_attr *last,
+		       uint64_t keep_rino);
 /* Content of path's version a (from an event): becomes its inode's whole-file cache when the
  * kernel knows that inode and the budget allows; takes buf over if it returns true. */
 bool itab_offer_content(struct dfs *d, const char *path, const struct dbx_attr *a, char *buf,

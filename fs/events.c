@@ -64,8 +64,10 @@ static void apply_set(struct dfs *d, const struct dbx_event *ev)
 		return; /* gone again already: its delete event follows */
 	pthread_mutex_lock(&m->lock);
 	old = mirror_find(m, ev->path);
+	/* Before the echo of our own removal of path, an event about path is about what we
+	 * removed (the agent stat'ed it before our removal ran, but published it after). */
 	if ((old && attr_same(&old->attr, &ev->attr) && target_same(old->target, ev->target)) ||
-	    older(m, old, ev)) {
+	    older(m, old, ev) || mirror_tomb_echo_pending(m, ev->path)) {
 		pthread_mutex_unlock(&m->lock);
 		STAT_INC(d, events_echo);
 		return;
@@ -142,11 +144,15 @@ static void apply_delete(struct dfs *d, const struct dbx_event *ev)
 	struct mirror *m = &d->mirror;
 	struct ment *old;
 	struct dbx_attr last;
+	bool ours;
 
 	pthread_mutex_lock(&m->lock);
 	old = mirror_find(m, ev->path);
-	if (mirror_tomb_take_echo(m, ev->path) || !old || old == m->root ||
-	    old->seq >= ev->seq) {
+	/* The echo of our own removal.  An event published between the removal and this echo
+	 * may have put the name back with what the agent saw before our removal ran: that entry
+	 * goes now (our own next file under the name is marked own, and keeps it). */
+	ours = mirror_tomb_take_echo(m, ev->path);
+	if (!old || old == m->root || old->seq >= ev->seq || (ours && old->own)) {
 		pthread_mutex_unlock(&m->lock);
 		STAT_INC(d, events_echo);
 		return;
@@ -157,7 +163,7 @@ static void apply_delete(struct dfs *d, const struct dbx_event *ev)
 	mirror_tomb_set(m, ev->path, ev->seq);
 	pthread_mutex_unlock(&m->lock);
 	itab_unlinked(d, ev->path, &last);
-	if (d->echo_on)
+	if (d->echo_on && !ours)
 		echo_queue(d, S_ISDIR(last.mode) ? EC_RMDIR : EC_UNLINK, ev->path, NULL, &last,
 			   NULL);
 }
@@ -192,7 +198,7 @@ static void apply_rename(struct dfs *d, const struct dbx_event *ev)
 		dir_changed(d, dst ? dst->parent : NULL, ev->to, ev->seq, absent);
 		pthread_mutex_unlock(&m->lock);
 		if (replaced)
-			itab_unlinked(d, ev->to, NULL);
+			itab_unlinked_but(d, ev->to, NULL, ev->attr.ino);
 		return;
 	}
 	if (!src && dst && ev->has_attr && dst->attr.ino == ev->attr.ino &&
@@ -228,7 +234,8 @@ static void apply_rename(struct dfs *d, const struct dbx_event *ev)
 	}
 	dir_changed(d, dst ? dst->parent : NULL, ev->to, ev->seq, absent);
 	pthread_mutex_unlock(&m->lock);
-	itab_unlinked(d, ev->to, NULL);
+	/* Whatever `to` named is gone, unless a lookup already found the moved object there. */
+	itab_unlinked_but(d, ev->to, NULL, moved.ino);
 	itab_rename(d, ev->path, ev->to, false);
 	if (d->echo_on && src && moved.ino)
 		echo_queue(d, EC_RENAME, ev->path, ev->to, &moved, NULL);

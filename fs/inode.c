@@ -368,12 +368,18 @@ out:
 
 void itab_unlinked(struct dfs *d, const char *path, const struct dbx_attr *last)
 {
+	itab_unlinked_but(d, path, last, 0);
+}
+
+void itab_unlinked_but(struct dfs *d, const char *path, const struct dbx_attr *last,
+		       uint64_t keep_rino)
+{
 	struct itab *t = &d->itab;
 	struct dfs_inode *i;
 
 	pthread_mutex_lock(&t->lock);
 	i = find_path(t, path);
-	if (i) {
+	if (i && (!keep_rino || i->rino != keep_rino)) {
 		unhash_path(t, i);
 		/* The last link is gone: the remote may recycle the ino for a new object. */
 		if (i->rino_hashed && (!last || last->nlink <= 1 || S_ISDIR(i->mode))) {

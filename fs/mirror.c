@@ -199,6 +199,13 @@ void mirror_tomb_expect_echo(struct mirror *m, const char *path, uint64_t seq)
 		t->echoes++;
 }
 
+bool mirror_tomb_echo_pending(struct mirror *m, const char *path)
+{
+	struct tomb *t = tomb_find(m, path);
+
+	return t && t->echoes;
+}
+
 bool mirror_tomb_take_echo(struct mirror *m, const char *path)
 {
 	struct tomb *t = tomb_find(m, path);

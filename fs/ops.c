@@ -141,6 +141,7 @@ void dfs_mirror_update(struct dfs *d, const char *path, const struct dbx_attr *a
 	if (e && parent_changed && e->parent) {
 		own_dir_changed(d, e->parent, false);
 		e->parent->dseq = own_change_seq();
+		mirror_neg_take(&d->mirror, path); /* the kernel's entry is the one we make */
 	}
 	pthread_mutex_unlock(&d->mirror.lock);
 }
@@ -929,6 +930,7 @@ static void dfs_mkdir_locked(fuse_req_t req, fuse_ino_t parent, const char *name
 				own_dir_changed(d, e->parent, false);
 				e->parent->dseq = e->dseq;
 			}
+			mirror_neg_take(&d->mirror, path);
 		}
 		pthread_mutex_unlock(&d->mirror.lock);
 		reply_entry(d, req, path, &a);
@@ -1054,6 +1056,7 @@ static void dfs_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 	if (old && !exchange)
 		last = old->attr;
 	mirror_move(&d->mirror, from, to, exchange);
+	mirror_neg_take(&d->mirror, to);
 	struct ment *e = mirror_set(&d->mirror, to, &a, NULL);
 	struct ment *fp = mirror_find(&d->mirror, from);
 

@@ -541,8 +541,12 @@ static void *wq_main(void *arg)
 
 		char *cur;
 
-		/* Removed or replaced meanwhile: the bytes have no file left to go to. */
+		/* Removed or replaced meanwhile: the bytes have no file left to go to.  A node the
+		 * kernel has forgotten since (a closed file it no longer caches) keeps the last
+		 * path it had; the write's ino condition refuses it if that is not the file now. */
 		r = itab_path(d, id, &cur);
+		if (r == -ESTALE && !itab_get(d, id))
+			r = 0;
 		if (cur) {
 			free(path);
 			path = cur;

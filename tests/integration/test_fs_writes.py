@@ -301,6 +301,34 @@ def test_async_close_returns_while_agent_stopped(agent, mount_factory):
     assert read_file(m.p("f.txt")) == data
 
 
+
+def test_queued_data_lands_after_the_kernel_forgets_the_file(agent, mount_factory):
+    """With -o async_close the kernel may forget a closed file's node (here: drop_caches) while
+    its data still waits for the agent: the data still lands, in that file."""
+    m = mount_factory(opts=["async_close", "timeout=1"])
+    os.mkdir(m.p("d"))
+    with open(m.p("d", "f.bin"), "wb") as f:
+        f.write(b"old\n")
+    wait_until(lambda: read_file(m.w("d", "f.bin")) == b"old\n", timeout=10, what="first version")
+    data = rnd_bytes(6, 2 * MiB + 5)
+    forgets = m.stats()["ops"]["forget"]
+    with Stopped(agent):
+        fd = os.open(m.p("d", "f.bin"), os.O_WRONLY)
+        write_all(fd, data)
+        done, r = run_with_timeout(lambda: os.close(fd), 10)
+        assert done and not isinstance(r, Exception), r
+        # Nothing holds the node now: dropping the dentry and inode caches forgets it.
+        def forgotten():
+            with open("/proc/sys/vm/drop_caches", "w") as f:
+                f.write("2")
+            return m.stats()["ops"]["forget"] > forgets
+        wait_until(forgotten, timeout=10, what="the kernel to forget the file")
+        time.sleep(2.5)  # upload attempts time out (1 s) and are queued again meanwhile
+    wait_until(lambda: read_file(m.w("d", "f.bin")) == data, timeout=60,
+               what="the queued data on the agent")
+    assert read_file(m.p("d", "f.bin")) == data
+    assert m.stats()["writes"]["lost_bytes"] == 0
+
 def test_async_close_setattr_queued_behind_the_data(agent, mount_factory):
     """tar x / cp -a: chmod and utimens right after close wait for nothing, and land after the
     data (so the mtime they set is the file's final one)."""
