@@ -278,8 +278,7 @@ static int loc(struct fs_op *o, const char *argname, char rel[PATH_MAX], const c
 }
 
 /* Success: o->json = attr of @name in @dfd. */
-/* Records the directory @dfd as the op left it (see fs_op.dir). */
-static void note_dir(struct fs_op *o, int dfd, bool from)
+void fs_note_dir(struct fs_op *o, int dfd, bool from)
 {
 	struct stat *st = from ? &o->from_dir : &o->dir;
 	bool *has = from ? &o->has_from_dir : &o->has_dir;
@@ -419,7 +418,7 @@ static int op_mkdir(struct fs_op *o)
 	if (r == 0)
 		r = reply_attr(o, dfd, name, "mkdir", rel);
 	if (r == 0)
-		note_dir(o, dfd, false);
+		fs_note_dir(o, dfd, false);
 	close(dfd);
 	return r;
 }
@@ -437,7 +436,7 @@ static int op_rmdir(struct fs_op *o)
 	else if (unlinkat(dfd, name, AT_REMOVEDIR) < 0)
 		r = fs_fail(o, errno, "rmdir %s", rel);
 	else
-		note_dir(o, dfd, false);
+		fs_note_dir(o, dfd, false);
 	close(dfd);
 	if (r == 0)
 		o->json = cJSON_CreateObject();
@@ -457,7 +456,7 @@ static int op_unlink(struct fs_op *o)
 	else if (unlinkat(dfd, name, 0) < 0)
 		r = fs_fail(o, errno, "unlink %s", rel);
 	else
-		note_dir(o, dfd, false);
+		fs_note_dir(o, dfd, false);
 	close(dfd);
 	if (r == 0)
 		o->json = cJSON_CreateObject();
@@ -491,8 +490,8 @@ static int op_rename(struct fs_op *o)
 	else
 		r = reply_attr(o, tfd, toname, "rename", to);
 	if (r == 0) {
-		note_dir(o, tfd, false);
-		note_dir(o, dfd, true);
+		fs_note_dir(o, tfd, false);
+		fs_note_dir(o, dfd, true);
 		cJSON *j = cJSON_CreateObject();
 		cJSON_AddItemToObject(j, "attr", o->json);
 		o->json = j;
@@ -522,7 +521,7 @@ static int op_symlink(struct fs_op *o)
 	else
 		r = reply_attr(o, dfd, name, "symlink", rel);
 	if (r == 0)
-		note_dir(o, dfd, false);
+		fs_note_dir(o, dfd, false);
 	close(dfd);
 	return r;
 }
@@ -568,7 +567,7 @@ static int op_link(struct fs_op *o)
 	else
 		r = reply_attr(o, tfd, toname, "link", to);
 	if (r == 0)
-		note_dir(o, tfd, false);
+		fs_note_dir(o, tfd, false);
 	close(dfd);
 	close(tfd);
 	return r;
@@ -699,7 +698,7 @@ static int op_mknod(struct fs_op *o)
 	else
 		r = reply_attr(o, dfd, name, "mknod", rel);
 	if (r == 0)
-		note_dir(o, dfd, false);
+		fs_note_dir(o, dfd, false);
 	close(dfd);
 	return r;
 }

@@ -76,6 +76,8 @@ int fs_arg_u64(struct fs_op *o, const char *name, uint64_t def, uint64_t *out);
 int fs_arg_bool(struct fs_op *o, const char *name, bool def, bool *out);
 int fs_arg_mode(struct fs_op *o, const char *name, mode_t def, mode_t *out);
 
+/* Records the directory @dfd as the op left it, for X-Dbx-Dir (@from: X-Dbx-From-Dir). */
+void fs_note_dir(struct fs_op *o, int dfd, bool from);
 /* attr of @name in @dfd without following it (reads a symlink's target). NULL on error
  * (errno set). */
 cJSON *fs_attr_at(int dfd, const char *name, const struct stat *st_or_null);

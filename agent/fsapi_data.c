@@ -263,7 +263,7 @@ int fs_write_op(struct fs_op *o)
 		int pfd = fs_parent(o->ag, rel, &name);
 
 		if (pfd >= 0) {
-			o->has_dir = fstat(pfd, &o->dir) == 0;
+			fs_note_dir(o, pfd, false);
 			close(pfd);
 		}
 	}

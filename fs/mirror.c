@@ -237,7 +237,8 @@ struct neg {
 	char path[];
 };
 
-static void negs_prune(struct mirror *m, uint64_t now, bool all)
+/* Drops the records drop() says go (NULL: all of them). */
+static void negs_drop(struct mirror *m, bool (*drop)(const struct neg *g, void *ctx), void *ctx)
 {
 	for (size_t b = 0; b < m->negs.nb; b++) {
 		struct hnode **pp = &m->negs.b[b];
@@ -245,7 +246,7 @@ static void negs_prune(struct mirror *m, uint64_t now, bool all)
 		while (*pp) {
 			struct neg *g = container_of(*pp, struct neg, h);
 
-			if (!all && g->until_ms > now) {
+			if (drop && !drop(g, ctx)) {
 				pp = &(*pp)->next;
 				continue;
 			}
@@ -253,6 +254,11 @@ static void negs_prune(struct mirror *m, uint64_t now, bool all)
 			free(g);
 		}
 	}
+}
+
+static bool neg_expired(const struct neg *g, void *now)
+{
+	return g->until_ms <= *(uint64_t *)now;
 }
 
 static struct neg *neg_find(struct mirror *m, const char *path)
@@ -278,11 +284,11 @@ void mirror_neg_note(struct mirror *m, const char *path, double ttl)
 		return;
 	}
 	if (m->negs.n >= NEGS_MAX)
-		negs_prune(m, now, false);
+		negs_drop(m, neg_expired, &now);
 	g = m->negs.n < NEGS_MAX ? malloc(sizeof(*g) + strlen(path) + 1) : NULL;
 	if (!g) {
 		/* Not remembered: until it expires, any name may be one. */
-		negs_prune(m, now, true);
+		negs_drop(m, NULL, NULL);
 		if (m->negs_all_until_ms < until)
 			m->negs_all_until_ms = until;
 		return;
@@ -324,23 +330,27 @@ static void negs_walk_new(struct dfs *d, struct mirror *m, struct ment *o, const
 	}
 }
 
+struct negs_resync {
+	struct dfs *d;
+	struct mirror *nw;
+};
+
+/* A name the kernel may hold as absent that the new tree has: invalidated, then forgotten. */
+static bool neg_now_present(const struct neg *g, void *ctx)
+{
+	struct negs_resync *c = ctx;
+
+	if (!mirror_find(c->nw, g->path))
+		return false;
+	notify_path(c->d, NQ_ENTRY, g->path);
+	return true;
+}
+
 void mirror_negs_resync(struct dfs *d, struct mirror *m, struct mirror *nw)
 {
-	for (size_t b = 0; b < m->negs.nb; b++) {
-		struct hnode **pp = &m->negs.b[b];
+	struct negs_resync c = {d, nw};
 
-		while (*pp) {
-			struct neg *g = container_of(*pp, struct neg, h);
-
-			if (!mirror_find(nw, g->path)) {
-				pp = &(*pp)->next;
-				continue;
-			}
-			notify_path(d, NQ_ENTRY, g->path);
-			htab_del(&m->negs, &g->h);
-			free(g);
-		}
-	}
+	negs_drop(m, neg_now_present, &c);
 	if (m->negs_all_until_ms > now_ms())
 		negs_walk_new(d, m, m->root, nw->root);
 }
@@ -351,7 +361,7 @@ void mirror_fini(struct mirror *m)
 		free_subtree(m, m->root, false);
 	m->root = NULL;
 	tombs_clear(m);
-	negs_prune(m, 0, true);
+	negs_drop(m, NULL, NULL);
 	mirror_journal_end(m);
 	htab_fini(&m->negs);
 	htab_fini(&m->tombs);

@@ -101,7 +101,7 @@ int dbx_fs_last_dir(bool from, struct dbx_attr *ret)
 	return 0;
 }
 
-/* X-Dbx-Dir / X-Dbx-From-Dir: an attr object (PROTOCOL.md §2); ignored when malformed. */
+/* X-Dbx-Dir / X-Dbx-From-Dir: an attr object (PROTOCOL.md §1); ignored when malformed. */
 static void parse_dir_header(struct dbx__resp *resp, int k, const char *v)
 {
 	cJSON *j = cJSON_Parse(v);
@@ -842,6 +842,8 @@ static int request_impl(dbx_client *c, const struct dbx__req *rq, struct dbx__re
 
 	memset(resp, 0, sizeof(*resp));
 	resp->size = UINT64_MAX;
+	/* A call that gets no reply must not leave the last one's directories behind. */
+	tl_has_dir[0] = tl_has_dir[1] = false;
 	op_prefix(rq, prefix, sizeof(prefix));
 	if (rq->body && rq->src)
 		return dbx__error(EINVAL, "%s: both a body and a source given", prefix);

@@ -74,7 +74,7 @@ struct dbx_write_opts {
 	uint32_t mode;        /* for a new file; 0: 0644 */
 	const char *if_match; /* version the write is based on; -ESTALE if it changed */
 	uint64_t if_ino;      /* nonzero: -ESTALE unless path is still this file (attr ino) */
-	bool dir;             /* also report the parent directory's attr (dbx_reply_meta.dir) */
+	bool dir;             /* also report the parent directory's attr (dbx_fs_last_dir) */
 };
 /* opts NULL: offset 0, create, no truncate.  ret_attr may be NULL.  opts->dir: the reply
  * also gives the parent directory's attr (dbx_fs_last_dir). */
